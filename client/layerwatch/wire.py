@@ -1,0 +1,235 @@
+"""Every HTTP payload between client and server, defined once.
+
+The server imports these models to validate what it receives, so a payload
+the client can build is by construction one the server accepts. Only the
+standard library and pydantic are imported here: no torch, no server code.
+
+Measurements travel as columns (one list per statistic) rather than one
+object per row: that is several times cheaper to encode and to validate.
+Non-finite floats are legitimate measurements; they are written as the
+JSON strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` and read back
+from those strings or from the bare ``NaN``/``Infinity`` literals.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+MAX_NAME_LENGTH = 250
+MAX_BINS = 512
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_control_chars(value: str) -> str:
+    if _CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(_no_control_chars),
+]
+"""A project, run, tensor or scalar name: 1-250 printable characters."""
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+"""A client-made id (run id, batch id): safe in a URL path and a file name."""
+
+MAX_INT64 = 2**63 - 1
+Step = Annotated[int, Field(ge=0, le=MAX_INT64)]
+"""An optimizer step index, counted from 0."""
+Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
+
+
+def _finite_json(value: JsonValue) -> JsonValue:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not contain NaN or Infinity (only measurements may)")
+    if isinstance(value, list):
+        for item in value:
+            _finite_json(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _finite_json(item)
+    return value
+
+
+FiniteJson = Annotated[JsonValue, AfterValidator(_finite_json)]
+Kind = Literal["activation", "weight", "grad"]
+StatName = Literal["mean", "std", "min", "max", "abs_mean", "l2", "zero_frac", "nonfinite", "numel"]
+STAT_NAMES: tuple[StatName, ...] = get_args(StatName)
+RunStatus = Literal["running", "finished", "failed", "crashed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, ser_json_inf_nan="strings", allow_inf_nan=True
+    )
+
+
+class RunCreate(_Model):
+    """Create a run, or resume it when ``id`` names one that exists."""
+
+    id: Identifier | None = Field(
+        None, description="Client-chosen run id; several processes may write to one run."
+    )
+    project: Name = Field("default", description="Project the run belongs to.")
+    name: Name | None = Field(None, description="Display name; defaults to one made from the id.")
+    config: dict[Annotated[str, StringConstraints(max_length=MAX_NAME_LENGTH)], FiniteJson] = Field(
+        default_factory=dict, description="Hyperparameters and other settings, any JSON."
+    )
+    tags: list[Name] = Field(default_factory=list, max_length=64)
+    host: Name | None = Field(None, description="Host the run trains on.")
+
+
+class RunUpdate(_Model):
+    """Change a run's status, e.g. when training finishes or fails."""
+
+    status: RunStatus
+
+
+class TensorInfo(_Model):
+    """What is known about a watched tensor besides its measurements."""
+
+    name: Name = Field(description="Qualified module or parameter name, e.g. `encoder.fc1`.")
+    kind: Kind
+    module_type: Name | None = None
+    shape: list[Count] | None = Field(None, max_length=32)
+    dtype: Annotated[Name, StringConstraints(max_length=32)] | None = None
+
+
+def _check_columns(
+    owner: str, steps: list[int], columns: dict[str, list[float] | list[int]]
+) -> None:
+    n = len(steps)
+    for column, values in columns.items():
+        if len(values) != n:
+            raise ValueError(f"{owner}: `{column}` has {len(values)} values for {n} steps")
+    if len(set(steps)) != n:
+        raise ValueError(f"{owner}: `steps` has repeated values")
+
+
+class Stats(_Model):
+    """Summary statistics of one tensor at one or more steps, one column each."""
+
+    name: Name
+    kind: Kind
+    steps: list[Step] = Field(min_length=1)
+    mean: list[float]
+    std: list[float]
+    min: list[float]
+    max: list[float]
+    abs_mean: list[float]
+    l2: list[float]
+    zero_frac: list[float]
+    nonfinite: list[Count]
+    numel: list[Count]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Stats:
+        _check_columns(
+            f"stats of {self.kind} `{self.name}`",
+            self.steps,
+            {stat: getattr(self, stat) for stat in STAT_NAMES},
+        )
+        return self
+
+
+class Histogram(_Model):
+    """Bin counts of one tensor at one step.
+
+    Bins are either ``bins`` equal-width bins over ``[lo, hi]`` or given by
+    explicit ``edges``. Non-finite elements are never binned; the statistics
+    count them in ``nonfinite``.
+    """
+
+    name: Name
+    kind: Kind
+    step: Step
+    counts: list[Count] = Field(min_length=1, max_length=MAX_BINS)
+    lo: float | None = Field(None, description="Lower edge of equal-width bins.")
+    hi: float | None = Field(None, description="Upper edge of equal-width bins.")
+    edges: list[float] | None = Field(
+        None, description="Explicit bin edges, one more than `counts`, increasing."
+    )
+
+    @model_validator(mode="after")
+    def _consistent_edges(self) -> Histogram:
+        where = f"histogram of {self.kind} `{self.name}` at step {self.step}"
+        if self.edges is not None:
+            if self.lo is not None or self.hi is not None:
+                raise ValueError(f"{where}: give either `edges` or `lo`/`hi`, not both")
+            if len(self.edges) != len(self.counts) + 1:
+                raise ValueError(
+                    f"{where}: {len(self.edges)} edges for {len(self.counts)} bins "
+                    f"(need {len(self.counts) + 1})"
+                )
+            if not all(math.isfinite(e) for e in self.edges):
+                raise ValueError(f"{where}: `edges` must be finite")
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+                raise ValueError(f"{where}: `edges` must be strictly increasing")
+        else:
+            if self.lo is None or self.hi is None:
+                raise ValueError(f"{where}: needs `lo` and `hi`, or `edges`")
+            if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+                raise ValueError(f"{where}: `lo` and `hi` must be finite")
+            if self.hi < self.lo:
+                raise ValueError(f"{where}: `hi` ({self.hi}) is below `lo` ({self.lo})")
+        return self
+
+
+class Scalars(_Model):
+    """Values of one user-logged scalar (loss, accuracy, ...) at one or more steps."""
+
+    name: Name
+    steps: list[Step] = Field(min_length=1)
+    values: list[float]
+    times: list[float] | None = Field(None, description="Wall-clock Unix time of each value.")
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Scalars:
+        columns: dict[str, list[float]] = {"values": self.values}
+        if self.times is not None:
+            columns["times"] = self.times
+        _check_columns(f"scalar `{self.name}`", self.steps, columns)
+        return self
+
+
+class Batch(_Model):
+    """One POST of measurements from one process.
+
+    ``batch_id`` is made by the client once per batch; sending the same batch
+    again (a retry, a replay from the spool) is a no-op on the server.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    batch_id: Identifier
+    rank: int = Field(0, ge=0, le=2**31 - 1, description="Process rank under torch.distributed.")
+    tensors: list[TensorInfo] = Field(default_factory=list)
+    stats: list[Stats] = Field(default_factory=list)
+    histograms: list[Histogram] = Field(default_factory=list)
+    scalars: list[Scalars] = Field(default_factory=list)
+
+
+class BatchReceipt(_Model):
+    """The server's answer to a batch."""
+
+    batch_id: str
+    duplicate: bool = Field(description="True when this batch had been stored before.")
+    stats: int = Field(description="Statistic rows stored.")
+    histograms: int
+    scalars: int

@@ -1,0 +1,32 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from layerwatch_server.migrate import is_up_to_date
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """The database answers and its schema is at the newest migration."""
+    engine = request.app.state.engine
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        migrated = is_up_to_date(engine)
+    except Exception as error:  # any failure means "not ready", never a 500
+        return JSONResponse({"status": "unavailable", "detail": str(error)[:200]}, 503)
+    if not migrated:
+        return JSONResponse({"status": "unavailable", "detail": "schema is not migrated"}, 503)
+    return JSONResponse({"status": "ok", "database": engine.dialect.name})

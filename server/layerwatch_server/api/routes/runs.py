@@ -1,0 +1,82 @@
+"""Projects and runs: create, resume, finish, list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from layerwatch import wire
+from layerwatch_server import store
+from layerwatch_server.api.deps import SessionDep, WriteSessionDep
+from layerwatch_server.schemas import ProjectsPublic, RunPublic, RunsPublic, TensorsPublic
+
+router = APIRouter(tags=["runs"])
+
+RunId = Annotated[str, Path(max_length=64, description="The run's id.")]
+
+
+@router.get("/projects", response_model=ProjectsPublic)
+def list_projects(session: SessionDep) -> ProjectsPublic:
+    """List projects with their number of runs."""
+    return store.list_projects(session)
+
+
+@router.get("/projects/{project}/runs", response_model=RunsPublic)
+def list_project_runs(
+    session: SessionDep,
+    project: Annotated[str, Path(max_length=wire.MAX_NAME_LENGTH)],
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> RunsPublic:
+    """List the runs of one project, newest first."""
+    return store.list_runs(session, project=project, offset=offset, limit=limit)
+
+
+@router.get("/runs", response_model=RunsPublic)
+def list_runs(
+    session: SessionDep,
+    project: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
+    status: Annotated[wire.RunStatus | None, Query()] = None,
+    tag: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> RunsPublic:
+    """List runs newest first, optionally of one project, status or tag."""
+    return store.list_runs(
+        session, project=project, status=status, tag=tag, offset=offset, limit=limit
+    )
+
+
+@router.post(
+    "/runs",
+    response_model=RunPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": RunPublic, "description": "An existing run was resumed."}},
+)
+def create_run(session: WriteSessionDep, spec: wire.RunCreate, response: Response) -> RunPublic:
+    """Create a run, or resume the run whose `id` is given."""
+    run, created = store.create_or_resume_run(session, spec)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return run
+
+
+@router.get("/runs/{run_id}", response_model=RunPublic)
+def get_run(session: SessionDep, run_id: RunId) -> RunPublic:
+    """Get one run."""
+    return store.get_run(session, run_id)
+
+
+@router.patch("/runs/{run_id}", response_model=RunPublic)
+def update_run(session: WriteSessionDep, run_id: RunId, update: wire.RunUpdate) -> RunPublic:
+    """Set a run's status, e.g. finished when training ends."""
+    return store.update_run(session, run_id, update)
+
+
+@router.get("/runs/{run_id}/tensors", response_model=TensorsPublic)
+def list_tensors(
+    session: SessionDep, run_id: RunId, kind: Annotated[wire.Kind | None, Query()] = None
+) -> TensorsPublic:
+    """List the tensors a run has measurements for, in network order."""
+    return store.list_tensors(session, run_id, kind=kind)

@@ -1,0 +1,108 @@
+"""The FastAPI application: routers, start-up migration and error handling.
+
+Run it with ``layerwatch server``, or ``uvicorn --factory
+layerwatch_server.main:create_app``. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from layerwatch_server.api.routes import health, ingest, plots, runs, series
+from layerwatch_server.config import Settings, get_settings
+from layerwatch_server.db import make_engine, make_sessionmakers
+from layerwatch_server.errors import LayerwatchError, status_for
+from layerwatch_server.migrate import upgrade_database
+
+logger = logging.getLogger("layerwatch_server")
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+    """Build the application for ``settings`` (default: from the environment).
+
+    With ``migrate`` the database is upgraded to the newest schema at start-up.
+    """
+    settings = settings or get_settings()
+    engine = make_engine(
+        settings.resolved_database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            await run_in_threadpool(upgrade_database, engine)
+        app.state.render_limiter = anyio.CapacityLimiter(settings.max_concurrent_renders)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="layerwatch",
+        summary="Activations, weights and gradients of PyTorch training runs.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.read_sessions, app.state.write_sessions = make_sessionmakers(engine)
+    app.state.render_limiter = anyio.CapacityLimiter(settings.max_concurrent_renders)
+
+    app.include_router(health.router)
+    for module in (runs, ingest, series, plots):
+        app.include_router(module.router, prefix=API_PREFIX)
+    _install_error_handlers(app, settings)
+    return app
+
+
+def _clean_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors without the offending input, which may not be JSON-safe."""
+    return [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        for error in errors
+    ]
+
+
+def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(LayerwatchError)
+    async def _domain(_: Request, error: LayerwatchError) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=status_for(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _clean_errors(error.errors())}, status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def _payload_invalid(_: Request, error: ValidationError) -> JSONResponse:
+        errors = error.errors(include_url=False, include_context=False, include_input=False)
+        return JSONResponse({"detail": _clean_errors(errors)}, status_code=422)
+
+    @app.exception_handler(DataError)
+    async def _out_of_range(_: Request, error: DataError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"a value is out of range for the database: {error.orig}"[:500]},
+            status_code=422,
+        )
+
+    async def _busy(_: Request, error: Exception) -> JSONResponse:
+        logger.warning("database unavailable: %s", error)
+        return JSONResponse(
+            {"detail": "the database is busy or unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+
+    app.add_exception_handler(OperationalError, _busy)
+    app.add_exception_handler(PoolTimeoutError, _busy)

@@ -1,0 +1,161 @@
+"""The database schema as SQLAlchemy ORM classes.
+
+Alembic (``migrations/``) creates and changes these tables; the server never
+calls ``create_all``. Measurements are stored for volume: one wide row per
+(tensor, step, rank) of statistics, histograms as packed binary counts, and
+natural primary keys so that every insert is idempotent.
+
+Non-finite values: PostgreSQL stores NaN natively, SQLite turns NaN into
+NULL. A NULL in a measurement column therefore always means NaN.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAME = String(250)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SqlProject(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SqlRun(Base):
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_project_id_started_at", "project_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(NAME)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    host: Mapped[str | None] = mapped_column(NAME)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SqlTensor(Base):
+    """A watched tensor of a run: an activation, a weight or a gradient."""
+
+    __tablename__ = "tensors"
+    __table_args__ = (UniqueConstraint("run_id", "name", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(NAME)
+    kind: Mapped[str] = mapped_column(String(16))
+    module_type: Mapped[str | None] = mapped_column(NAME)
+    shape: Mapped[list[int] | None] = mapped_column(JSON)
+    dtype: Mapped[str | None] = mapped_column(String(32))
+
+
+class SqlStat(Base):
+    """Summary statistics of one tensor at one step on one rank."""
+
+    __tablename__ = "stats"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tensor_id: Mapped[int] = mapped_column(
+        ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mean: Mapped[float | None] = mapped_column(Double)
+    std: Mapped[float | None] = mapped_column(Double)
+    min: Mapped[float | None] = mapped_column(Double)
+    max: Mapped[float | None] = mapped_column(Double)
+    abs_mean: Mapped[float | None] = mapped_column(Double)
+    l2: Mapped[float | None] = mapped_column(Double)
+    zero_frac: Mapped[float | None] = mapped_column(Double)
+    nonfinite: Mapped[int] = mapped_column(BigInteger)
+    numel: Mapped[int] = mapped_column(BigInteger)
+
+
+class SqlHistogram(Base):
+    """Bin counts of one tensor at one step, packed little-endian.
+
+    ``counts`` holds ``bins`` unsigned integers of 4 or 8 bytes each (the width
+    follows from its length). Bins are equal-width over ``[lo, hi]`` unless
+    ``edges`` holds ``bins + 1`` little-endian float64 edges.
+    """
+
+    __tablename__ = "histograms"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tensor_id: Mapped[int] = mapped_column(
+        ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bins: Mapped[int] = mapped_column(Integer)
+    lo: Mapped[float | None] = mapped_column(Double)
+    hi: Mapped[float | None] = mapped_column(Double)
+    edges: Mapped[bytes | None] = mapped_column(LargeBinary)
+    counts: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SqlScalar(Base):
+    """One value of a user-logged scalar such as the loss."""
+
+    __tablename__ = "scalars"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(NAME, primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Double)
+    time: Mapped[float | None] = mapped_column(Double)
+
+
+class SqlBatch(Base):
+    """A batch already stored: what makes a replayed batch a no-op."""
+
+    __tablename__ = "batches"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stats: Mapped[int] = mapped_column(Integer)
+    histograms: Mapped[int] = mapped_column(Integer)
+    scalars: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,120 @@
+"""Response models of the query endpoints.
+
+Ingest payloads are not here: they are defined once, in ``layerwatch.wire``.
+Non-finite floats are answered as the JSON strings "NaN", "Infinity" and
+"-Infinity", which the client reads back as floats.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from layerwatch.wire import Kind, RunStatus, StatName
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything is stored in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True, ser_json_inf_nan="strings")
+
+
+class ProjectPublic(_Public):
+    name: str
+    created_at: UtcDatetime
+    runs: int = Field(description="Number of runs in the project.")
+
+
+class ProjectsPublic(_Public):
+    data: list[ProjectPublic]
+    count: int
+
+
+class RunPublic(_Public):
+    id: str
+    project: str
+    name: str
+    config: dict[str, Any]
+    tags: list[str]
+    status: RunStatus
+    host: str | None
+    started_at: UtcDatetime
+    finished_at: UtcDatetime | None
+    updated_at: UtcDatetime
+
+
+class RunsPublic(_Public):
+    data: list[RunPublic]
+    count: int
+
+
+class TensorPublic(_Public):
+    name: str
+    kind: Kind
+    module_type: str | None
+    shape: list[int] | None
+    dtype: str | None
+
+
+class TensorsPublic(_Public):
+    data: list[TensorPublic]
+    count: int
+
+
+class SeriesPublic(_Public):
+    """One statistic of one tensor over steps."""
+
+    tensor: str
+    kind: Kind
+    stat: StatName
+    rank: int
+    steps: list[int]
+    values: list[float]
+    total: int = Field(description="Points in the requested step range before downsampling.")
+    downsampled: bool = Field(
+        description="True when `steps`/`values` keep only the min/max envelope, first and last."
+    )
+    next_after_step: int | None = Field(
+        description="Pass as `after_step` for the next page; null on the last page."
+    )
+
+
+class ScalarSeriesPublic(_Public):
+    """One user-logged scalar over steps."""
+
+    name: str
+    rank: int
+    steps: list[int]
+    values: list[float]
+    times: list[float | None]
+    total: int
+    downsampled: bool
+    next_after_step: int | None
+
+
+class ScalarNamesPublic(_Public):
+    data: list[str]
+    count: int
+
+
+class HistogramPublic(_Public):
+    step: int
+    rank: int
+    edges: list[float] = Field(description="Bin edges, one more than `counts`.")
+    counts: list[int]
+
+
+class HistogramsPublic(_Public):
+    tensor: str
+    kind: Kind
+    data: list[HistogramPublic]
+    count: int
+    next_after_step: int | None

@@ -1,0 +1,158 @@
+"""Projects, runs and the tensors they watch."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from layerwatch import wire
+from layerwatch_server.errors import Conflict, NotFound, RunNotFound
+from layerwatch_server.models import SqlProject, SqlRun, SqlTensor, utcnow
+from layerwatch_server.schemas import (
+    ProjectPublic,
+    ProjectsPublic,
+    RunPublic,
+    RunsPublic,
+    TensorPublic,
+    TensorsPublic,
+)
+
+
+def _project_id(session: Session, name: str) -> int:
+    """Find or create the project called ``name``; safe against a concurrent creator."""
+    found = session.scalar(select(SqlProject.id).where(SqlProject.name == name))
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            project = SqlProject(name=name)
+            session.add(project)
+        return project.id
+    except IntegrityError:
+        return session.scalars(select(SqlProject.id).where(SqlProject.name == name)).one()
+
+
+def _run_public(run: SqlRun, project: str) -> RunPublic:
+    return RunPublic.model_validate(
+        {
+            **{c: getattr(run, c) for c in RunPublic.model_fields if c != "project"},
+            "project": project,
+        }
+    )
+
+
+def get_run(session: Session, run_id: str) -> RunPublic:
+    row = session.execute(
+        select(SqlRun, SqlProject.name)
+        .join(SqlProject, SqlProject.id == SqlRun.project_id)
+        .where(SqlRun.id == run_id)
+    ).one_or_none()
+    if row is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+    return _run_public(row[0], row[1])
+
+
+def create_or_resume_run(session: Session, spec: wire.RunCreate) -> tuple[RunPublic, bool]:
+    """Create the run ``spec`` describes, or resume the one with its id.
+
+    Returns the run and whether it was created. Resuming sets the status back
+    to running; it refuses (Conflict) a run id that belongs to another project.
+    """
+    if spec.id is not None:
+        existing = session.get(SqlRun, spec.id)
+        if existing is not None:
+            return _resume(session, existing, spec), False
+    run_id = spec.id or uuid.uuid4().hex
+    project_id = _project_id(session, spec.project)
+    run = SqlRun(
+        id=run_id,
+        project_id=project_id,
+        name=spec.name or f"run-{run_id[:8]}",
+        config=dict(spec.config),
+        tags=list(spec.tags),
+        status="running",
+        host=spec.host,
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:
+        # Another process created the same run id between our read and write.
+        existing = session.get(SqlRun, run_id, populate_existing=True)
+        if existing is None:
+            raise
+        return _resume(session, existing, spec), False
+    return get_run(session, run_id), True
+
+
+def _resume(session: Session, run: SqlRun, spec: wire.RunCreate) -> RunPublic:
+    project = session.get(SqlProject, run.project_id)
+    assert project is not None
+    if project.name != spec.project:
+        raise Conflict(f"run `{run.id}` belongs to project `{project.name}`, not `{spec.project}`")
+    if run.status != "running":
+        run.status = "running"
+        run.finished_at = None
+    run.updated_at = utcnow()
+    session.flush()
+    return _run_public(run, project.name)
+
+
+def update_run(session: Session, run_id: str, update: wire.RunUpdate) -> RunPublic:
+    run = session.get(SqlRun, run_id)
+    if run is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+    run.status = update.status
+    run.updated_at = utcnow()
+    run.finished_at = None if update.status == "running" else run.updated_at
+    session.flush()
+    return get_run(session, run_id)
+
+
+def list_projects(session: Session) -> ProjectsPublic:
+    rows = session.execute(
+        select(SqlProject.name, SqlProject.created_at, func.count(SqlRun.id))
+        .outerjoin(SqlRun, SqlRun.project_id == SqlProject.id)
+        .group_by(SqlProject.id)
+        .order_by(SqlProject.name)
+    ).all()
+    data = [ProjectPublic(name=n, created_at=c, runs=r) for n, c, r in rows]
+    return ProjectsPublic(data=data, count=len(data))
+
+
+def list_runs(
+    session: Session,
+    *,
+    project: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    offset: int = 0,
+    limit: int = 100,
+) -> RunsPublic:
+    """Runs newest first, optionally of one project, status or tag."""
+    query = select(SqlRun, SqlProject.name).join(SqlProject, SqlProject.id == SqlRun.project_id)
+    if project is not None:
+        if session.scalar(select(SqlProject.id).where(SqlProject.name == project)) is None:
+            raise NotFound(f"project `{project}` does not exist")
+        query = query.where(SqlProject.name == project)
+    if status is not None:
+        query = query.where(SqlRun.status == status)
+    rows = session.execute(query.order_by(SqlRun.started_at.desc(), SqlRun.id)).all()
+    if tag is not None:  # tags are a JSON list: filter portably in Python
+        rows = [row for row in rows if tag in (row[0].tags or [])]
+    page = rows[offset : offset + limit]
+    return RunsPublic(data=[_run_public(run, name) for run, name in page], count=len(rows))
+
+
+def list_tensors(session: Session, run_id: str, *, kind: str | None = None) -> TensorsPublic:
+    """The run's tensors in the order they were first seen (network order)."""
+    get_run(session, run_id)
+    query = select(SqlTensor).where(SqlTensor.run_id == run_id)
+    if kind is not None:
+        query = query.where(SqlTensor.kind == kind)
+    tensors = session.scalars(query.order_by(SqlTensor.id)).all()
+    data = [TensorPublic.model_validate(t) for t in tensors]
+    return TensorsPublic(data=data, count=len(data))
