@@ -1,0 +1,127 @@
+"""The ``layerwatch`` command: run the server, manage its database, run the demo.
+
+Subcommands import what they need when they run, so ``layerwatch --help``
+is instant and a training box without the server extras can still use the
+client-side commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from layerwatch_server.config import Settings
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL (env LAYERWATCH_DATABASE_URL); default: SQLite in --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir", help="folder of the embedded SQLite database (env LAYERWATCH_DATA_DIR)"
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from layerwatch_server.config import Settings
+
+    overrides: dict[str, str] = {}
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from layerwatch_server.main import create_app
+
+    settings = _settings(args)
+    app = create_app(settings, migrate=not args.no_migrate)
+    print(f"layerwatch server on http://{args.host}:{args.port} ({_safe_url(settings)})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from layerwatch_server.db import make_engine
+    from layerwatch_server.migrate import upgrade_database
+
+    settings = _settings(args)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade_database(engine, args.revision)
+    finally:
+        engine.dispose()
+    print(f"database {_safe_url(settings)} is at {args.revision}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from layerwatch_server.demo import run_demo
+
+    return run_demo(out=args.out, epochs=args.epochs, port=args.port, serve=args.serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerwatch", description="Look inside PyTorch networks while they train."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    server = commands.add_parser("server", help="run the layerwatch server")
+    server.add_argument("--host", default=os.environ.get("LAYERWATCH_HOST", "127.0.0.1"))
+    server.add_argument("--port", type=int, default=int(os.environ.get("LAYERWATCH_PORT", "8000")))
+    server.add_argument("--no-migrate", action="store_true", help="skip the schema upgrade")
+    server.add_argument("--log-level", default="info")
+    _add_database_options(server)
+    server.set_defaults(handler=_serve)
+
+    db = commands.add_parser("db", help="manage the server's database")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="upgrade the schema (default: newest)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    _add_database_options(upgrade)
+    upgrade.set_defaults(handler=_db_upgrade)
+
+    demo = commands.add_parser(
+        "demo", help="train a small network against a local server and write its plots"
+    )
+    demo.add_argument("--out", default="layerwatch-demo", help="folder for data and plots")
+    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument("--port", type=int, default=0, help="server port (default: any free)")
+    demo.add_argument("--serve", action="store_true", help="keep the server running after training")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except ImportError as error:
+        print(
+            f"layerwatch {args.command}: missing dependency ({error.name}); "
+            "install the matching extra, e.g. pip install 'layerwatch[server]'",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

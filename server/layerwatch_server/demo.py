@@ -1,0 +1,133 @@
+"""``layerwatch demo``: a real training run streaming to a real local server.
+
+It serves the embedded SQLite default on a free port, trains a small MLP on
+scikit-learn's bundled handwritten digits (no download), logs loss and
+accuracy, watches every layer, then fetches plots from the server's own
+plot endpoints into the output folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from layerwatch_server.config import Settings
+from layerwatch_server.main import create_app
+from layerwatch_server.serving import serve_in_thread
+
+PROJECT = "demo"
+
+
+def _digits(seed: int) -> tuple[Any, Any, Any, Any]:
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, random_state=seed, stratify=y
+    )
+    return (
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train),
+        torch.from_numpy(x_test),
+        torch.from_numpy(y_test),
+    )
+
+
+def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
+    """Train the digits MLP with layerwatch attached; return the run id."""
+    import torch
+    from torch import nn
+
+    import layerwatch
+
+    torch.manual_seed(seed)
+    x_train, y_train, x_test, y_test = _digits(seed)
+    model = nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(),
+        nn.Linear(128, 64), nn.ReLU(),
+        nn.Linear(64, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    config = {"model": "mlp-64-128-64-32-10", "lr": 1e-3, "batch_size": 64, "epochs": epochs}
+
+    with layerwatch.Run(server, project=PROJECT, name="digits-mlp", config=config) as run:
+        run.watch(model, optimizer=optimizer, every=every)
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(x_train))
+            for start in range(0, len(order), 64):
+                index = order[start : start + 64]
+                logits = model(x_train[index])
+                loss = loss_fn(logits, y_train[index])
+                optimizer.zero_grad()
+                loss.backward()
+                acc = (logits.argmax(1) == y_train[index]).float().mean()
+                run.log({"loss": loss.detach(), "train_acc": acc})
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                test_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
+            run.log({"test_acc": test_acc})
+            print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test acc {test_acc:.3f}")
+        return run.id
+
+
+def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
+    """Save the run's plots from the server's PNG endpoints into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = f"{server}/api/v1/runs/{run_id}"
+    written = []
+    with httpx.Client(timeout=60) as http:
+        activations = [
+            t["name"]
+            for t in http.get(f"{base}/tensors").raise_for_status().json()["data"]
+            if t["kind"] == "activation"
+        ]
+        plots: dict[str, tuple[str, dict[str, Any]]] = {
+            "loss.png": ("scalars.png", {"name": ["loss"]}),
+            "accuracy.png": ("scalars.png", {"name": ["train_acc", "test_acc"]}),
+        }
+        for stat in ("mean", "std", "zero_frac", "max"):
+            plots[f"activations_{stat}.png"] = (
+                "series.png",
+                {"tensor": activations, "kind": "activation", "stat": stat},
+            )
+        for filename, (view, params) in plots.items():
+            response = http.get(f"{base}/plots/{view}", params=params)
+            response.raise_for_status()
+            path = out / filename
+            path.write_bytes(response.content)
+            written.append(path)
+    return written
+
+
+def run_demo(*, out: str | Path, epochs: int = 8, port: int = 0, serve: bool = False) -> int:
+    out = Path(out).resolve()
+    settings = Settings(data_dir=out / "data")
+    started = time.perf_counter()
+    with serve_in_thread(create_app(settings), port=port) as server:
+        print(f"layerwatch server: {server} (SQLite at {settings.data_dir / 'layerwatch.db'})")
+        run_id = train(server, epochs=epochs)
+        plots = fetch_plots(server, run_id, out / "plots")
+        print(f"run {run_id}: {server}/api/v1/runs/{run_id}")
+        print(f"{len(plots)} plots in {out / 'plots'}:")
+        for path in plots:
+            print(f"  {path.name}")
+        print(f"done in {time.perf_counter() - started:.1f} s")
+        if serve:
+            print(f"serving {server} until Ctrl-C")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return 0
