@@ -1,0 +1,72 @@
+"""
+Our exception hierarchy:
+
+* LayerwatchError
+  + ConfigError (also a ValueError) - a bad argument to `Run(...)` or `Run.watch(...)`.
+  + RunClosedError - a method other than `close()`/`finish()` called on a closed `Run`.
+  + DeliveryError - the server did not take a request. Raised and handled inside the
+    sender thread, never in training code; visible only in log messages.
+    - RetryableError - connection failure, timeout, 429, 502, 503, 504. Backed off and retried.
+    - RejectedError - any other failure answer. The batch is dropped and counted.
+      + PayloadTooLargeError - 413. The batch is split in two and each half is retried.
+      + RunNotFoundError - 404 for a batch: the run is created again, then the batch retried.
+
+Only `ConfigError` and `RunClosedError` are ever raised into user code, and only
+from construction, `watch()`, or calls on a closed run: after `Run(...)` returns,
+network problems, a full queue or a failing hook are logged and counted instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeliveryError",
+    "LayerwatchError",
+    "PayloadTooLargeError",
+    "RejectedError",
+    "RetryableError",
+    "RunClosedError",
+    "RunNotFoundError",
+]
+
+
+class LayerwatchError(Exception):
+    """Base class for every error layerwatch raises."""
+
+
+class ConfigError(LayerwatchError, ValueError):
+    """A bad argument to `Run(...)` or `Run.watch(...)`, found before training starts."""
+
+
+class RunClosedError(LayerwatchError):
+    """The `Run` was closed; logging, watching or stepping it again is a mistake."""
+
+
+class DeliveryError(LayerwatchError):
+    """The server did not take a request (handled by the sender, never raised to users)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RetryableError(DeliveryError):
+    """A failure worth retrying later: no connection, a timeout, 429, 502, 503 or 504."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class RejectedError(DeliveryError):
+    """The server refused the request; sending it again would be refused again."""
+
+
+class PayloadTooLargeError(RejectedError):
+    """413: the batch is too large; smaller batches may pass."""
+
+
+class RunNotFoundError(RejectedError):
+    """404 for a batch: the server does not know the run (yet, or any more)."""

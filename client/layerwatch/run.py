@@ -1,0 +1,426 @@
+"""`Run`: the one entry point of the client."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import pydantic
+
+from layerwatch import wire
+from layerwatch.buffer import Buffer, ScalarRecord
+from layerwatch.errors import ConfigError, RunClosedError
+from layerwatch.hooks import Patterns, StepClock, Watch, select_leaves
+
+if TYPE_CHECKING:
+    import httpx
+    import torch
+
+    from layerwatch.buffer import TensorMeta
+    from layerwatch.sender import Counters, Sender
+
+__all__ = ["DEFAULT_SERVER", "Run"]
+
+logger = logging.getLogger("layerwatch")
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+SERVER_ENV = "LAYERWATCH_SERVER"
+TOKEN_ENV = "LAYERWATCH_TOKEN"
+_STATUS_GRACE = 2.0  # seconds
+
+
+class Run:
+    """A training run whose activations and scalars are sent to a layerwatch server.
+
+    Usage:
+
+    ```python
+    import layerwatch
+
+    with layerwatch.Run("http://localhost:8000", name="mlp-baseline") as run:
+        run.watch(model, optimizer, every=50)
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            run.log({"loss": loss})  # before the optimizer step it belongs to
+            optimizer.step()  # advances the run's step
+            optimizer.zero_grad()
+    ```
+
+    **Steps.** Step `k` is the `k`-th optimizer step, counted from 0. When `watch()`
+    is given the optimizer, its `step()` advances the run's step (through
+    `register_step_post_hook`); otherwise call `run.step()` after each optimizer step.
+    The activations recorded for step `k` come from the forward passes whose
+    gradients optimizer step `k` applies: those between step `k - 1` and step `k`.
+    With `every=N` the steps `k` with `k % N == 0` are captured. Only forward passes
+    run with gradients enabled count, so an evaluation pass under `torch.no_grad()`
+    records nothing; with gradient accumulation, the first forward pass of a
+    captured step is recorded, one record per module per step. Scalars logged
+    without an explicit step get the current step: log a step's loss before
+    `optimizer.step()`, or pass `step=`.
+
+    **Failure.** Bad arguments raise `ConfigError` here. After that nothing is raised
+    into training code (except `RunClosedError` on a closed run): `Run(...)` returns
+    at once and creates the run on the server from a background thread; network
+    failures are logged once and retried with backoff; when the queue is full new
+    records are dropped and counted; a failing hook disables its `Watch`.
+
+    **Closing.** Leaving the `with` block, or calling `close()` / `finish()`, removes
+    the hooks, sends what is queued (waiting at most `timeout` seconds), marks the run
+    `finished` (`failed` when the block raised), closes the HTTP client the run
+    created and logs one line with the counts of sent and dropped records.
+
+    Parameters:
+
+    * **server** - base URL of the server; defaults to `$LAYERWATCH_SERVER`, then to the
+      injected `http` client's `base_url`, then to `http://127.0.0.1:8000`.
+    * **project**, **name**, **config**, **tags** - stored with the run; `config` is any JSON.
+    * **id** - run id (letters, digits, `_.-`, up to 64); reuse one to resume a run.
+      Defaults to a new random id.
+    * **every** - default capture interval of `watch()`, in steps.
+    * **flush_secs** - longest time a record waits before it is sent.
+    * **max_queue** - records that may wait for the sender; more are dropped.
+    * **batch_size** - most records per request.
+    * **timeout** - seconds for each request of the client the run makes, and for
+      `flush()` and closing by default.
+    * **backoff** - first retry delay in seconds; doubles per failure, up to a minute.
+    * **http** - an `httpx.Client` to send with (e.g. one with a `MockTransport`); it is
+      not closed by the run. By default the run makes one, sending
+      `Authorization: Bearer $LAYERWATCH_TOKEN` when that variable is set.
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        project: str = "default",
+        name: str | None = None,
+        config: Mapping[str, object] | None = None,
+        *,
+        id: str | None = None,
+        tags: Iterable[str] = (),
+        every: int = 10,
+        flush_secs: float = 2.0,
+        max_queue: int = 10_000,
+        batch_size: int = 1_000,
+        timeout: float = 10.0,
+        backoff: float = 0.5,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._every = _check_count("every", every)
+        _check_count("max_queue", max_queue)
+        _check_count("batch_size", batch_size)
+        _check_seconds(flush_secs=flush_secs, timeout=timeout, backoff=backoff)
+        import httpx
+
+        if http is not None and not isinstance(http, httpx.Client):
+            raise ConfigError(f"`http` must be an httpx.Client, not {type(http).__name__}")
+        self._server = _resolve_server(server, http)
+        if isinstance(tags, str):
+            tags = [tags]
+        try:
+            self._create = wire.RunCreate(
+                id=uuid.uuid4().hex if id is None else id,
+                project=project,
+                name=name,
+                config=dict(config or {}),
+                tags=list(tags),
+                host=socket.gethostname()[: wire.MAX_NAME_LENGTH],
+            )
+        except (pydantic.ValidationError, TypeError) as exc:
+            raise ConfigError(f"invalid run settings: {exc}") from None
+        assert self._create.id is not None
+        self._id: str = self._create.id
+        self._timeout = timeout
+
+        from layerwatch.sender import Sender
+
+        self._owns_http = http is None
+        self._http = http if http is not None else _make_client(timeout)
+        self._buffer = Buffer(max_queue)
+        self._tensors: dict[tuple[str, wire.Kind], TensorMeta] = {}
+        self._sender: Sender = Sender(
+            http=self._http, server=self._server, run=self._create, buffer=self._buffer,
+            tensors=self._tensors, flush_secs=flush_secs, batch_size=batch_size,
+            backoff=backoff,
+        )  # fmt: skip
+        self._clock = StepClock()
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._flushed = False
+        self._sender.start()
+        self._atexit = functools.partial(_finish_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
+
+    # -- properties ----------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The run id on the server."""
+        return self._id
+
+    @property
+    def server(self) -> str:
+        return self._server
+
+    @property
+    def current_step(self) -> int:
+        """Optimizer steps taken so far: the step the next forward pass belongs to."""
+        return self._clock.step
+
+    @property
+    def counters(self) -> Counters:
+        """Records sent and dropped, and batches given up, so far."""
+        return self._sender.counters
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- training-loop API -----------------------------------------------------------
+
+    def watch(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        every: int | None = None,
+        include: Patterns = None,
+        exclude: Patterns = None,
+    ) -> Watch:
+        """Record activation statistics of `model`'s leaf modules; return the `Watch`.
+
+        Usage:
+
+        ```python
+        watch = run.watch(model, optimizer, every=100, exclude="*.dropout")
+        ```
+
+        Parameters:
+
+        * **model** - the `torch.nn.Module`; each leaf module (one without children)
+          gets one forward hook.
+        * **optimizer** - its `step()` then advances the run's step; without one,
+          call `run.step()`. One run follows one optimizer.
+        * **every** - capture steps `k` with `k % every == 0`; defaults to the run's.
+        * **include**, **exclude** - `fnmatch` patterns, or lists of them, on the
+          qualified names of `model.named_modules()`, e.g. `"encoder.*"`.
+
+        Raises `ConfigError` for bad arguments, or when no module is selected.
+        """
+        self._check_open()
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"`model` must be a torch.nn.Module, not {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(
+                f"`optimizer` must be a torch.optim.Optimizer, not {type(optimizer).__name__}"
+            )
+        every = self._every if every is None else _check_count("every", every)
+        modules = select_leaves(model, include, exclude)
+        return Watch(
+            modules, every=every, clock=self._clock, put=self._buffer.put,
+            tensors=self._tensors, optimizer=optimizer,
+        )  # fmt: skip
+
+    def step(self) -> None:
+        """End the current step: call once after each optimizer step, when `watch()`
+        was given no optimizer.
+
+        Usage:
+
+        ```python
+        optimizer.step()
+        run.step()
+        ```
+
+        When an optimizer passed to `watch()` counts the steps, this does nothing
+        (and logs that once).
+        """
+        self._check_open()
+        if self._clock.follows_optimizer:
+            self._warn_once("step", "run.step() ignored: the optimizer's steps are counted")
+            return
+        self._clock.advance()
+
+    def log(self, values: Mapping[str, float | torch.Tensor], step: int | None = None) -> None:
+        """Record scalars, e.g. the loss, at `step` (the current step by default).
+
+        Usage:
+
+        ```python
+        run.log({"loss": loss, "lr": scheduler.get_last_lr()[0]})
+        ```
+
+        Values are numbers or one-element tensors. A tensor is copied on its device
+        and read back by the sender thread, so logging never waits for the GPU.
+        Values that are neither are dropped with a logged warning.
+        """
+        self._check_open()
+        at = self._clock.step if step is None else step
+        if not isinstance(at, int) or at < 0:
+            self._warn_once("log step", f"run.log(): ignoring values at step {step!r}")
+            return
+        now = time.time()
+        torch_module = sys.modules.get("torch")  # no torch imported, no tensor to log
+        for name, value in values.items():
+            logged: float | torch.Tensor
+            if torch_module is not None and isinstance(value, torch_module.Tensor):
+                if value.numel() != 1 or value.is_complex():
+                    self._warn_once(f"log {name}", f"run.log(): `{name}` is not a real scalar")
+                    continue
+                # A copy: the caller may change its tensor in place before the sender reads it.
+                logged = value.detach().clone()
+            else:
+                try:
+                    logged = float(value)
+                except (TypeError, ValueError):
+                    self._warn_once(f"log {name}", f"run.log(): `{name}` is not a number")
+                    continue
+            self._buffer.put(ScalarRecord(at, str(name), logged, now))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record queued so far is sent, or given up; True if that
+        happened within `timeout` seconds (default: the run's `timeout`).
+
+        Usage:
+
+        ```python
+        run.log({"val_acc": acc})
+        run.flush()
+        ```
+        """
+        self._check_open()
+        return self._sender.flush(self._timeout if timeout is None else timeout)
+
+    def finish(self, status: wire.RunStatus = "finished", *, timeout: float | None = None) -> bool:
+        """Remove the hooks, send what is queued, and mark the run `status` on the server.
+
+        Waits at most `timeout` seconds (default: the run's `timeout`) for the queue,
+        logs one summary line, and returns True when everything queued was settled.
+        Calling it again does nothing and returns the same value.
+
+        Usage:
+
+        ```python
+        run.finish("crashed")  # e.g. in a signal handler
+        ```
+        """
+        with self._lock:
+            if self._closed:
+                return self._flushed
+            self._closed = True
+        atexit.unregister(self._atexit)
+        for watch in list(self._clock.watches):
+            watch.remove()
+        timeout = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self._flushed = self._sender.flush(timeout)
+        # Past the deadline, a short grace for the final status update.
+        self._sender.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
+        if self._owns_http:
+            self._http.close()
+        counts = self._sender.counters
+        clean = self._flushed and not counts.dropped and not counts.failed_batches
+        logger.log(
+            logging.INFO if clean else logging.WARNING,
+            "layerwatch: run %s %s: %d records sent, %d dropped (%d batches given up)%s",
+            self._id, status, counts.sent, counts.dropped, counts.failed_batches,
+            "" if self._flushed else f" (sending timed out after {timeout:g}s)",
+        )  # fmt: skip
+        return self._flushed
+
+    def close(self, timeout: float | None = None) -> bool:
+        """`finish("finished")`: remove hooks, flush, mark finished, log the summary.
+
+        Usage:
+
+        ```python
+        run = layerwatch.Run()
+        ...
+        run.close()
+        ```
+        """
+        return self.finish("finished", timeout=timeout)
+
+    def __enter__(self) -> Run:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.finish("finished" if exc_type is None else "failed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"step={self._clock.step}"
+        return f"<Run {self._id} {self._server} {state}>"
+
+    # -- internals -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RunClosedError(f"run {self._id} is closed")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("layerwatch: %s", message)
+
+
+def _finish_at_exit(ref: weakref.ReferenceType[Run]) -> None:
+    """Called at interpreter exit for a run nobody closed."""
+    run = ref()
+    if run is not None and not run.closed:
+        run.finish("crashed" if getattr(sys, "last_value", None) is not None else "finished")
+
+
+def _check_count(argument: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"`{argument}` must be a positive integer, not {value!r}")
+    return value
+
+
+def _check_seconds(**values: object) -> None:
+    for argument, given in values.items():
+        value = math.nan if isinstance(given, bool) else given
+        if not isinstance(value, (int, float)):
+            value = math.nan
+        if not (value > 0 or (argument == "backoff" and value == 0)):  # NaN is refused too
+            raise ConfigError(f"`{argument}` must be a positive number of seconds, not {given!r}")
+
+
+def _resolve_server(server: str | None, http: httpx.Client | None) -> str:
+    if server is None:
+        server = os.environ.get(SERVER_ENV) or (str(http.base_url) if http is not None else "")
+    server = (server or DEFAULT_SERVER).rstrip("/")
+    if not server.startswith(("http://", "https://")):
+        raise ConfigError(f"`server` must be an http:// or https:// URL, not {server!r}")
+    return server
+
+
+def _make_client(timeout: float) -> httpx.Client:
+    import httpx
+
+    from layerwatch import __version__
+
+    headers = {"User-Agent": f"layerwatch/{__version__}"}
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(timeout=timeout, headers=headers)

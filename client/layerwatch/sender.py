@@ -1,0 +1,399 @@
+"""The sender thread: drain the buffer, build batches, POST them, back off on failure.
+
+One daemon thread per `Run`. It first creates the run on the server (the request is
+idempotent: the client chose the id), then loops: collect records until a batch is
+full or `flush_secs` pass, read all their tensors back with one device-to-host copy
+per device, group them into columnar `wire.Stats` / `wire.Scalars` blocks, and POST
+the `wire.Batch`. Failed deliveries stay in the spool and are retried with
+exponential backoff and jitter (or after the server's `Retry-After`), with the same
+`batch_id`, so the server can tell a retry from new data. Nothing here raises into
+the training thread: problems are logged and counted.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import logging
+import math
+import random
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+import pydantic
+
+from layerwatch import wire
+from layerwatch.buffer import (
+    Buffer,
+    FlushRequest,
+    MemorySpool,
+    Outgoing,
+    ScalarRecord,
+    Spool,
+    StatRecord,
+    TensorMeta,
+    Wake,
+    build_batch,
+    count_records,
+    split_batch,
+)
+from layerwatch.errors import (
+    DeliveryError,
+    PayloadTooLargeError,
+    RejectedError,
+    RetryableError,
+    RunNotFoundError,
+)
+
+__all__ = ["Counters", "Sender"]
+
+logger = logging.getLogger("layerwatch")
+
+RETRY_STATUS_CODES = frozenset({429, 502, 503, 504})
+GZIP_MIN_BYTES = 16 * 1024
+_IDLE_WAIT = 0.5  # seconds; how often an idle sender looks at the stop flag
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What became of the records put on the queue so far."""
+
+    sent: int  # records the server acknowledged
+    dropped: int  # records given up: full queue, refused or unsendable batches, shutdown
+    failed_batches: int  # batches given up
+
+
+class Sender:
+    """Daemon thread delivering the buffer's records to the server as `wire.Batch`es."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.Client,
+        server: str,
+        run: wire.RunCreate,
+        buffer: Buffer,
+        tensors: Mapping[tuple[str, wire.Kind], TensorMeta],
+        flush_secs: float,
+        batch_size: int,
+        backoff: float,
+        max_backoff: float = 60.0,
+        spool: Spool | None = None,
+    ) -> None:
+        assert run.id is not None
+        self._http = http
+        self._server = server
+        self._run = run
+        self._runs_url = f"{server}/api/v1/runs"
+        self._run_url = f"{server}/api/v1/runs/{run.id}"
+        self._buffer = buffer
+        self._tensors = tensors
+        self._flush_secs = flush_secs
+        self._batch_size = batch_size
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._spool: Spool = spool if spool is not None else MemorySpool(100 * batch_size)
+        self._stop = threading.Event()
+        self._stop_status: wire.RunStatus | None = None
+        self._thread = threading.Thread(
+            target=self._main, name=f"layerwatch-sender-{run.id[:8]}", daemon=True
+        )
+        # Below: touched only by the sender thread (the counters are read elsewhere).
+        self._items: list[StatRecord | ScalarRecord] = []
+        self._items_deadline = math.inf
+        self._waiting: list[FlushRequest] = []
+        self._seq = 0
+        self._run_state: Literal["new", "created", "refused"] = "new"
+        self._missing = False  # the run was created again after a 404 for the oldest batch
+        self._next_attempt = 0.0
+        self._failures = 0  # consecutive retryable failures
+        self._described: set[tuple[str, wire.Kind]] = set()
+        self._logged: set[str] = set()
+        self._sent = 0
+        self._dropped = 0
+        self._failed_batches = 0
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(
+            sent=self._sent,
+            dropped=self._dropped + self._buffer.dropped,
+            failed_batches=self._failed_batches,
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every record queued before this call is sent or given up."""
+        deadline = time.monotonic() + timeout
+        if not self._thread.is_alive():
+            return False
+        request = FlushRequest()
+        if not self._buffer.put_control(request, _remaining(deadline)):
+            return False
+        return request.done.wait(_remaining(deadline))
+
+    def stop(self, status: wire.RunStatus | None, timeout: float) -> None:
+        """Stop the thread: drop what is left, then set the run's `status` on the server.
+
+        Waits at most `timeout` seconds; a thread stuck in a request is a daemon.
+        """
+        self._stop_status = status
+        self._stop.set()
+        self._buffer.put_control(_WAKE, 0)
+        self._thread.join(timeout)
+
+    # -- the thread -------------------------------------------------------------
+
+    def _main(self) -> None:
+        """Called on the sender thread: the loop, then the final status update."""
+        while not self._stop.is_set():
+            try:
+                self._cycle()
+            except Exception:  # a bug must not end delivery: drop what is in hand, go on
+                self._log_once("cycle", logging.ERROR, "sender error; dropping records", True)
+                self._drop_items(self._items)
+                if len(self._spool):  # the oldest batch may be the cause: never loop on it
+                    self._give_up(self._spool.pop())
+                self._stop.wait(0.1)
+        try:
+            self._finish()
+        except Exception:
+            logger.debug("layerwatch: could not finish run %s", self._run.id, exc_info=True)
+
+    def _cycle(self) -> None:
+        self._collect(self._wait_time(time.monotonic()))
+        now = time.monotonic()
+        if self._items and (len(self._items) >= self._batch_size or now >= self._items_deadline):
+            self._seal()
+        if now >= self._next_attempt:
+            self._deliver_one()
+        self._release_flushes()
+
+    def _wait_time(self, now: float) -> float:
+        deadlines = []
+        if self._items:
+            deadlines.append(self._items_deadline)
+        if len(self._spool) or self._run_state == "new":
+            deadlines.append(self._next_attempt)
+        if not deadlines:
+            return _IDLE_WAIT
+        return min(max(min(deadlines) - now, 0.0), _IDLE_WAIT)
+
+    def _collect(self, timeout: float) -> None:
+        item = self._buffer.get(timeout)
+        while item is not None:
+            if isinstance(item, (StatRecord, ScalarRecord)):
+                if not self._items:
+                    self._items_deadline = time.monotonic() + self._flush_secs
+                self._items.append(item)
+                if len(self._items) >= self._batch_size:
+                    return
+            elif isinstance(item, FlushRequest):
+                self._seal()
+                item.upto = self._seq
+                self._waiting.append(item)
+            item = self._buffer.get(0)
+
+    def _seal(self) -> None:
+        """Turn the collected records into a batch in the spool."""
+        items, self._items, self._items_deadline = self._items, [], math.inf
+        if not items:
+            return
+        batch, kept = build_batch(
+            items, rank=_rank(), tensors=self._tensors, described=self._described,
+            on_invalid=self._invalid,
+        )  # fmt: skip
+        self._dropped += len(items) - kept
+        if batch is None:
+            return
+        self._seq += 1
+        outgoing = Outgoing(seq=self._seq, batch=batch, records=kept)
+        for evicted in self._spool.push(outgoing):
+            self._log_once("evict", logging.WARNING, "too much unsent data; dropping the oldest")
+            self._give_up(evicted)
+
+    def _invalid(self, model: str, exc: pydantic.ValidationError) -> None:
+        self._log_once(f"invalid {model}", logging.WARNING, f"dropping invalid data: {exc}")
+
+    def _deliver_one(self) -> None:
+        """Create the run if needed, then send the oldest batch; on failure, back off."""
+        try:
+            if self._run_state == "new":
+                self._create_run()
+            outgoing = self._spool.peek()
+            if outgoing is not None and self._run_state == "created":
+                self._send(outgoing)
+        except RetryableError as exc:
+            self._back_off(exc)
+            return
+        if self._run_state == "refused":  # nothing can ever be delivered
+            while len(self._spool):
+                self._give_up(self._spool.pop())
+
+    def _create_run(self) -> None:
+        try:
+            self._request("POST", self._runs_url, self._run.model_dump_json().encode())
+        except RejectedError as exc:
+            self._run_state = "refused"
+            logger.error("layerwatch: server refused to create run %s: %s", self._run.id, exc)
+            return
+        self._run_state = "created"
+        self._recovered()
+
+    def _send(self, outgoing: Outgoing) -> None:
+        if outgoing.body is None:
+            outgoing.body = outgoing.batch.model_dump_json().encode()
+        try:
+            self._request("POST", f"{self._run_url}/batches", outgoing.body)
+        except RejectedError as exc:
+            self._refused(exc)
+            return
+        self._spool.pop()
+        self._sent += outgoing.records
+        self._missing = False
+        self._recovered()
+
+    def _refused(self, exc: RejectedError) -> None:
+        outgoing = self._spool.pop()
+        if isinstance(exc, PayloadTooLargeError) and outgoing.records > 1:
+            halves = [
+                Outgoing(seq=outgoing.seq, batch=half, records=count_records(half))
+                for half in split_batch(outgoing.batch)
+            ]
+            self._spool.push_front(halves)
+            return
+        if isinstance(exc, RunNotFoundError):
+            if not self._missing:  # the server lost the run: create it again, then retry
+                self._missing = True
+                self._run_state = "new"
+                self._spool.push_front([outgoing])
+                return
+            self._missing = False  # once per batch
+        self._log_once(f"refused {exc.status_code}", logging.WARNING, f"batch refused: {exc}")
+        self._give_up(outgoing)
+
+    def _request(self, method: str, url: str, body: bytes) -> None:
+        headers = {"Content-Type": "application/json"}
+        if len(body) >= GZIP_MIN_BYTES:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            # The client's own timeout applies: Starlette's TestClient warns at any other.
+            response = self._http.request(method, url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # e.g. a closed client: trying again would not help
+            raise RejectedError(f"{type(exc).__name__}: {exc}") from exc
+        code = response.status_code
+        if 200 <= code < 300:
+            return
+        message = f"{method} {url}: {code} {response.text[:300]}"
+        if code in RETRY_STATUS_CODES:
+            retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            raise RetryableError(message, status_code=code, retry_after=retry_after)
+        if code == 413:
+            raise PayloadTooLargeError(message, status_code=code)
+        if code == 404:
+            raise RunNotFoundError(message, status_code=code)
+        raise RejectedError(message, status_code=code)
+
+    def _back_off(self, exc: RetryableError) -> None:
+        self._failures += 1
+        if exc.retry_after is not None:
+            delay = min(exc.retry_after, self._max_backoff)
+        else:  # exponential, with "equal jitter" so many clients do not retry in step
+            delay = min(self._backoff * 2 ** min(self._failures - 1, 30), self._max_backoff)
+            delay *= random.uniform(0.5, 1.0)
+        self._next_attempt = time.monotonic() + delay
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        logger.log(level, "layerwatch: cannot deliver to %s (%s); retrying", self._server, exc)
+
+    def _recovered(self) -> None:
+        if self._failures:
+            logger.info("layerwatch: delivering to %s again after %d failures",
+                        self._server, self._failures)  # fmt: skip
+        self._failures = 0
+        self._next_attempt = 0.0
+
+    def _give_up(self, outgoing: Outgoing) -> None:
+        self._dropped += outgoing.records
+        self._failed_batches += 1
+        self._described.difference_update((t.name, t.kind) for t in outgoing.batch.tensors)
+
+    def _drop_items(self, items: list[StatRecord | ScalarRecord]) -> None:
+        self._dropped += len(items)
+        items.clear()
+
+    def _release_flushes(self) -> None:
+        if not self._waiting:
+            return
+        oldest = self._spool.peek()
+        settled_upto = math.inf if oldest is None else oldest.seq - 1
+        for request in [r for r in self._waiting if r.upto <= settled_upto]:
+            request.done.set()
+            self._waiting.remove(request)
+
+    def _finish(self) -> None:
+        """Called on the sender thread when stopping: count what is left, set the status."""
+        while (item := self._buffer.get(0)) is not None:
+            if isinstance(item, (StatRecord, ScalarRecord)):
+                self._items.append(item)
+            elif isinstance(item, FlushRequest):
+                item.done.set()
+        self._drop_items(self._items)
+        while len(self._spool):
+            self._give_up(self._spool.pop())
+        for request in self._waiting:
+            request.done.set()
+        if self._run_state == "created" and self._stop_status is not None:
+            update = wire.RunUpdate(status=self._stop_status).model_dump_json().encode()
+            try:
+                self._request("PATCH", self._run_url, update)
+            except DeliveryError as exc:
+                logger.warning("layerwatch: could not mark run %s %s: %s",
+                               self._run.id, self._stop_status, exc)  # fmt: skip
+
+    def _log_once(self, key: str, level: int, message: str, exc_info: bool = False) -> None:
+        first = key not in self._logged
+        self._logged.add(key)
+        logger.log(level if first else logging.DEBUG, "layerwatch: %s", message,
+                   exc_info=exc_info)  # fmt: skip
+
+
+_WAKE = Wake()
+
+
+def _remaining(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if not math.isnan(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _rank() -> int:
+    torch = sys.modules.get("torch")  # no torch, no torch.distributed
+    if torch is None:
+        return 0
+    dist = torch.distributed
+    return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0

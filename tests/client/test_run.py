@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import torch
+from torch import nn
+
+import layerwatch
+from layerwatch.errors import ConfigError, LayerwatchError, RunClosedError
+
+if TYPE_CHECKING:
+    from tests.client.conftest import FakeServer
+
+MakeRun = Callable[..., layerwatch.Run]
+
+
+def test_public_names() -> None:
+    assert layerwatch.__all__ == [
+        "ConfigError",
+        "DeliveryError",
+        "LayerwatchError",
+        "PayloadTooLargeError",
+        "RejectedError",
+        "RetryableError",
+        "Run",
+        "RunClosedError",
+        "RunNotFoundError",
+        "Watch",
+        "__version__",
+    ]
+    assert isinstance(layerwatch.__version__, str)
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(ConfigError, LayerwatchError)
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import json, sys, layerwatch; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'httpx', 'numpy', 'layerwatch_server', 'fastapi', 'sqlalchemy', "
+        "'matplotlib'})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"every": 0},
+        {"every": 2.5},
+        {"id": "has space"},
+        {"id": "-starts-with-dash"},
+        {"id": "x" * 65},
+        {"flush_secs": 0},
+        {"max_queue": 0},
+        {"max_queue": 0.5},
+        {"batch_size": 0},
+        {"backoff": "x"},
+        {"timeout": float("nan")},
+        {"timeout": -1},
+        {"backoff": -1},
+        {"server": "localhost:8000"},
+        {"project": ""},
+        {"name": "x" * 300},
+        {"config": {"bad": object()}},
+        {"tags": [1]},
+        {"http": "not a client"},
+    ],
+)
+def test_bad_arguments_raise_at_construction(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        layerwatch.Run(**kwargs)
+
+
+def test_run_creation_payload(server: FakeServer, make_run: MakeRun) -> None:
+    run = make_run(
+        project="digits", name="mlp", config={"lr": 0.1, "layers": [64, 32]},
+        id="run-1", tags="baseline",
+    )  # fmt: skip
+    assert run.id == "run-1"
+    assert run.flush(5)
+    created = server.runs["run-1"]
+    assert (created.project, created.name, created.tags) == ("digits", "mlp", ["baseline"])
+    assert created.config == {"lr": 0.1, "layers": [64, 32]}
+    assert created.host
+
+
+def test_server_comes_from_argument_env_or_client(
+    monkeypatch: pytest.MonkeyPatch, server: FakeServer
+) -> None:
+    monkeypatch.delenv("LAYERWATCH_SERVER", raising=False)
+    with server.client() as http:
+        runs = [layerwatch.Run(http=http)]
+        monkeypatch.setenv("LAYERWATCH_SERVER", "http://env.test:1/")
+        runs.append(layerwatch.Run(http=http))
+        runs.append(layerwatch.Run("https://arg.test", http=http))
+        assert [r.server for r in runs] == [
+            "http://layerwatch.test", "http://env.test:1", "https://arg.test"
+        ]  # fmt: skip
+        for run in runs:
+            run.close(timeout=1)
+    monkeypatch.delenv("LAYERWATCH_SERVER")
+    run = layerwatch.Run(timeout=0.2)
+    assert run.server == layerwatch.run.DEFAULT_SERVER
+    run.close(timeout=0.1)
+
+
+def test_context_exit_finishes_the_run(server: FakeServer) -> None:
+    http = server.client()
+    with layerwatch.Run(http=http) as run:
+        run.log({"a": 1.0})
+    assert server.statuses == {run.id: "finished"}
+    assert server.scalars() == {"a": {0: 1.0}}
+    assert not http.is_closed  # an injected client belongs to the caller
+    http.close()
+
+
+def test_exception_marks_the_run_failed(server: FakeServer) -> None:
+    runs: list[layerwatch.Run] = []
+
+    def train(http: httpx.Client) -> None:
+        with layerwatch.Run(http=http) as run:
+            runs.append(run)
+            run.log({"a": 1.0})
+            raise KeyError("boom")
+
+    with server.client() as http, pytest.raises(KeyError):
+        train(http)
+    assert server.statuses == {runs[0].id: "failed"}
+    assert server.scalars() == {"a": {0: 1.0}}  # flushed all the same
+
+
+def test_finish_with_a_status(server: FakeServer, make_run: MakeRun) -> None:
+    run = make_run()
+    assert run.finish("crashed")
+    assert server.statuses == {run.id: "crashed"}
+
+
+def test_close_is_idempotent_and_a_closed_run_raises(server: FakeServer, make_run: MakeRun) -> None:
+    model = nn.Linear(2, 2)
+    run = make_run()
+    watch = run.watch(model)
+    assert run.close() is True
+    assert run.close() is True
+    assert run.finish("failed") is True
+    assert server.statuses == {run.id: "finished"}  # the first close decided
+    assert run.closed
+    assert not watch.active
+    assert len([r for r in server.requests if r.method == "PATCH"]) == 1
+    with pytest.raises(RunClosedError):
+        run.log({"a": 1.0})
+    with pytest.raises(RunClosedError):
+        run.step()
+    with pytest.raises(RunClosedError):
+        run.watch(model)
+    with pytest.raises(RunClosedError):
+        run.flush()
+    with pytest.raises(RunClosedError), run:
+        pass
+    watch.remove()  # still fine
+
+
+def test_close_closes_the_client_it_made() -> None:
+    run = layerwatch.Run("http://127.0.0.1:9", timeout=0.5, backoff=0.01)
+    http = run._http
+    run.close(timeout=0.1)
+    assert http.is_closed
+
+
+def test_one_summary_line(
+    server: FakeServer, make_run: MakeRun, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = make_run()
+    server.fail("batches", httpx.Response(422))
+    run.log({"a": 1.0, "b": 2.0})
+    assert run.flush(5)
+    run.log({"c": 3.0})
+    with caplog.at_level(logging.INFO, logger="layerwatch"):
+        run.close()
+        run.close()
+    [line] = [r for r in caplog.records if "records sent" in r.getMessage()]
+    assert line.levelno == logging.WARNING  # something was dropped
+    assert f"run {run.id} finished: 1 records sent, 2 dropped (1 batches given up)" in (
+        line.getMessage()
+    )
+
+
+def test_close_gives_up_after_its_timeout(
+    server: FakeServer, make_run: MakeRun, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.down = True
+    run = make_run()
+    run.log({"a": 1.0})
+    with caplog.at_level(logging.INFO, logger="layerwatch"):
+        assert run.close(timeout=0.2) is False
+    assert run.counters.dropped == 1
+    assert any("timed out" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_log_values_are_skipped_not_raised(
+    server: FakeServer, make_run: MakeRun, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = make_run()
+    with caplog.at_level(logging.WARNING, logger="layerwatch"):
+        run.log({"text": "abc", "ok": 1.0})  # type: ignore[dict-item]
+        run.log({"ok": 2.0}, step=-1)
+        run.log({"x" * 300: 1.0})  # too long a name: dropped by the sender
+    assert run.flush(5)
+    assert server.scalars() == {"ok": {0: 1.0}}
+    assert run.counters.dropped == 1
+    assert len(caplog.records) == 3
+
+
+def test_training_on_digits(server: FakeServer, make_run: MakeRun) -> None:
+    """A real, if tiny, training loop: scikit-learn's bundled digits and an MLP."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16  # (1797, 64)
+    y = torch.tensor(digits.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+    with make_run(project="digits", every=5) as run:
+        watch = run.watch(model, optimizer, exclude="2")
+        for epoch in range(2):
+            model.train()
+            for i in range(0, 1600, 80):
+                loss = loss_fn(model(x[i : i + 80]), y[i : i + 80])
+                loss.backward()
+                run.log({"loss": loss.detach()})  # before the step it belongs to
+                optimizer.step()
+                optimizer.zero_grad()
+            model.eval()
+            with torch.no_grad():
+                accuracy = (model(x[1600:]).argmax(-1) == y[1600:]).float().mean()
+            run.log({"val_acc": accuracy, "epoch": epoch})
+        assert run.current_step == 40
+    assert watch.names == ("0", "1", "3")
+    assert server.statuses == {run.id: "finished"}
+    stats = server.stats()
+    assert set(stats) == {("0", "activation"), ("1", "activation"), ("3", "activation")}
+    assert all(sorted(per_step) == list(range(0, 40, 5)) for per_step in stats.values())
+    relu = stats[("1", "activation")]
+    assert all(row["min"] >= 0 and 0 < row["zero_frac"] < 1 for row in relu.values())
+    assert all(row["numel"] == 80 * 32 for row in relu.values())
+    scalars = server.scalars()
+    assert sorted(scalars["loss"]) == list(range(40))
+    assert scalars["loss"][39] < scalars["loss"][0]
+    assert sorted(scalars["val_acc"]) == [20, 40]
+    assert scalars["val_acc"][40] > 0.8
+    assert run.counters.dropped == 0
+    assert run.counters.sent == 3 * 8 + 40 + 2 + 2
+    assert not any(m._forward_hooks for m in model.modules())
+    assert not optimizer._optimizer_step_post_hooks
