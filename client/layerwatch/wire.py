@@ -13,12 +13,15 @@ from those strings or from the bare ``NaN``/``Infinity`` literals.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from typing import Annotated, Literal, get_args
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import (
     AfterValidator,
+    Base64Bytes,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 MAX_NAME_LENGTH = 250
 MAX_BINS = 512
 
@@ -63,8 +66,15 @@ def _finite_json(value: JsonValue) -> JsonValue:
         for item in value:
             _finite_json(item)
     elif isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():
+            _finite_json(key)
             _finite_json(item)
+    elif isinstance(value, str) and not value.isascii():
+        # JSON's \ud800 escapes parse into lone surrogates, which no response can encode.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must not contain lone surrogates (invalid Unicode)") from None
     return value
 
 
@@ -112,9 +122,7 @@ class TensorInfo(_Model):
     dtype: Annotated[Name, StringConstraints(max_length=32)] | None = None
 
 
-def _check_columns(
-    owner: str, steps: list[int], columns: dict[str, list[float] | list[int]]
-) -> None:
+def _check_columns(owner: str, steps: list[int], columns: Mapping[str, Sequence[object]]) -> None:
     n = len(steps)
     for column, values in columns.items():
         if len(values) != n:
@@ -149,46 +157,74 @@ class Stats(_Model):
         return self
 
 
-class Histogram(_Model):
-    """Bin counts of one tensor at one step.
+def _packed_counts(value: bytes) -> bytes:
+    if not value or len(value) % 4 or len(value) > 4 * MAX_BINS:
+        raise ValueError(
+            f"packed counts must decode to 1-{MAX_BINS} little-endian uint32 values "
+            f"(got {len(value)} bytes)"
+        )
+    return value
 
-    Bins are either ``bins`` equal-width bins over ``[lo, hi]`` or given by
-    explicit ``edges``. Non-finite elements are never binned; the statistics
-    count them in ``nonfinite``.
+
+PackedCounts = Annotated[Base64Bytes, AfterValidator(_packed_counts)]
+"""Bin counts as base64 of little-endian uint32: compact and quick to encode and parse."""
+
+Counts = Annotated[list[Count], Field(min_length=1, max_length=MAX_BINS)] | PackedCounts
+"""The counts of one histogram: a JSON list of integers, or `PackedCounts`."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def bin_count(counts: list[int] | bytes) -> int:
+    """How many bins ``counts`` (a list, or packed uint32 bytes) has."""
+    return len(counts) // 4 if isinstance(counts, bytes) else len(counts)
+
+
+class Histograms(_Model):
+    """Bin counts of one tensor at one or more steps, one entry per step.
+
+    Each step's bins are equal-width over ``[lo, hi]``, or given by explicit
+    ``edges``. Non-finite elements are never binned; the statistics count
+    them in ``nonfinite``.
     """
 
     name: Name
     kind: Kind
-    step: Step
-    counts: list[Count] = Field(min_length=1, max_length=MAX_BINS)
-    lo: float | None = Field(None, description="Lower edge of equal-width bins.")
-    hi: float | None = Field(None, description="Upper edge of equal-width bins.")
-    edges: list[float] | None = Field(
-        None, description="Explicit bin edges, one more than `counts`, increasing."
+    steps: list[Step] = Field(min_length=1)
+    counts: list[Counts] = Field(
+        description="Per step: a list of 1-512 counts, or base64 of little-endian uint32."
+    )
+    lo: list[FiniteFloat] | None = Field(None, description="Per step: lower edge of the bins.")
+    hi: list[FiniteFloat] | None = Field(None, description="Per step: upper edge of the bins.")
+    edges: list[Annotated[list[FiniteFloat], Field(max_length=MAX_BINS + 1)]] | None = Field(
+        None, description="Per step: explicit bin edges, one more than the counts, increasing."
     )
 
     @model_validator(mode="after")
-    def _consistent_edges(self) -> Histogram:
-        where = f"histogram of {self.kind} `{self.name}` at step {self.step}"
+    def _consistent_bins(self) -> Histograms:
+        where = f"histograms of {self.kind} `{self.name}`"
+        columns: dict[str, Sequence[object]] = {"counts": self.counts}
         if self.edges is not None:
             if self.lo is not None or self.hi is not None:
                 raise ValueError(f"{where}: give either `edges` or `lo`/`hi`, not both")
-            if len(self.edges) != len(self.counts) + 1:
-                raise ValueError(
-                    f"{where}: {len(self.edges)} edges for {len(self.counts)} bins "
-                    f"(need {len(self.counts) + 1})"
-                )
-            if not all(math.isfinite(e) for e in self.edges):
-                raise ValueError(f"{where}: `edges` must be finite")
-            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-                raise ValueError(f"{where}: `edges` must be strictly increasing")
+            columns["edges"] = self.edges
+        elif self.lo is None or self.hi is None:
+            raise ValueError(f"{where}: needs `lo` and `hi`, or `edges`")
         else:
-            if self.lo is None or self.hi is None:
-                raise ValueError(f"{where}: needs `lo` and `hi`, or `edges`")
-            if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
-                raise ValueError(f"{where}: `lo` and `hi` must be finite")
-            if self.hi < self.lo:
-                raise ValueError(f"{where}: `hi` ({self.hi}) is below `lo` ({self.lo})")
+            columns["lo"], columns["hi"] = self.lo, self.hi
+        _check_columns(where, self.steps, columns)
+        if self.lo is not None and self.hi is not None:
+            for step, lo, hi in zip(self.steps, self.lo, self.hi, strict=True):
+                if hi < lo:
+                    raise ValueError(f"{where} at step {step}: `hi` ({hi}) is below `lo` ({lo})")
+        for step, counts, edges in zip(self.steps, self.counts, self.edges or (), strict=False):
+            bins = bin_count(counts)
+            if len(edges) != bins + 1:
+                raise ValueError(
+                    f"{where} at step {step}: {len(edges)} edges for {bins} bins (need {bins + 1})"
+                )
+            if any(b <= a for a, b in itertools.pairwise(edges)):
+                raise ValueError(f"{where} at step {step}: `edges` must be strictly increasing")
         return self
 
 
@@ -221,7 +257,7 @@ class Batch(_Model):
     rank: int = Field(0, ge=0, le=2**31 - 1, description="Process rank under torch.distributed.")
     tensors: list[TensorInfo] = Field(default_factory=list)
     stats: list[Stats] = Field(default_factory=list)
-    histograms: list[Histogram] = Field(default_factory=list)
+    histograms: list[Histograms] = Field(default_factory=list)
     scalars: list[Scalars] = Field(default_factory=list)
 
 

@@ -50,5 +50,5 @@ HTTP_STATUS: dict[type[LayerwatchError], int] = {
 def status_for(error: LayerwatchError) -> int:
     for cls in type(error).__mro__:
         if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]  # type: ignore[index]
+            return HTTP_STATUS[cls]
     return 400

@@ -2,20 +2,23 @@
 
 A batch id seen before makes the batch a no-op. Every measurement row has a
 natural key ((tensor, step, rank) or (run, name, step, rank)); the fast path
-is one plain bulk INSERT per table. Only when a key already exists (a batch
-re-sent under a new id, or a different writer) does the slow path compare:
-equal values are skipped, different ones refuse the whole batch with a
-Conflict, so stored history is never overwritten.
+is one plain bulk INSERT per table: an ``executemany`` of tuples on the
+driver's cursor, because a dict per row bound through SQLAlchemy's compiled
+insert costs several times the database's own work. Only when a key already
+exists (a batch re-sent under a new id, or a different writer) does the slow
+path compare: equal values are skipped, different ones refuse the whole batch
+with a Conflict, so stored history is never overwritten.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
-import numpy as np
-from sqlalchemy import Table, insert, select, tuple_
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,10 +35,15 @@ from layerwatch_server.models import (
 )
 
 Row = dict[str, Any]
+Record = tuple[Any, ...]  # one measurement row, in the order of its _*_COLUMNS below
 _STATS: Table = SqlStat.__table__  # type: ignore[assignment]
 _HISTOGRAMS: Table = SqlHistogram.__table__  # type: ignore[assignment]
 _SCALARS: Table = SqlScalar.__table__  # type: ignore[assignment]
 _TENSORS: Table = SqlTensor.__table__  # type: ignore[assignment]
+_STAT_COLUMNS = ("tensor_id", "step", "rank", *wire.STAT_NAMES)
+_HISTOGRAM_COLUMNS = ("tensor_id", "step", "rank", "bins", "lo", "hi", "edges", "counts")
+_SCALAR_COLUMNS = ("run_id", "name", "step", "rank", "value", "time")
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
 def ingest_batch(
@@ -56,9 +64,21 @@ def ingest_batch(
     stats = _stat_rows(batch, tensor_ids)
     histograms = _histogram_rows(batch, tensor_ids)
     scalars = _scalar_rows(batch, run_id)
-    _insert(session, _STATS, stats, _describe_stat(tensor_ids))
-    _insert(session, _HISTOGRAMS, histograms, _describe_stat(tensor_ids, "histogram"))
-    _insert(session, _SCALARS, scalars, lambda key: f"scalar `{key[1]}` at step {key[2]}")
+    _insert(session, _STATS, _STAT_COLUMNS, stats, _describe_stat(tensor_ids))
+    _insert(
+        session,
+        _HISTOGRAMS,
+        _HISTOGRAM_COLUMNS,
+        histograms,
+        _describe_stat(tensor_ids, "histogram"),
+    )
+    _insert(
+        session,
+        _SCALARS,
+        _SCALAR_COLUMNS,
+        scalars,
+        lambda key: f"scalar `{key[1]}` at step {key[2]}",
+    )
 
     try:
         with session.begin_nested():
@@ -115,16 +135,20 @@ def _insert_ignoring_duplicates(session: Session, table: Table, rows: list[Row])
 
 def _tensor_ids(session: Session, run_id: str, batch: wire.Batch) -> dict[tuple[str, str], int]:
     """Ids of every tensor the batch mentions, creating the new ones in batch order."""
-    info = {(t.name, t.kind): t for t in batch.tensors}
+    info: dict[tuple[str, str], wire.TensorInfo] = {(t.name, t.kind): t for t in batch.tensors}
     wanted: dict[tuple[str, str], None] = dict.fromkeys(info)
-    for block in (*batch.stats, *batch.histograms):
+    blocks: list[wire.Stats | wire.Histograms] = [*batch.stats, *batch.histograms]
+    for block in blocks:
         wanted.setdefault((block.name, block.kind), None)
     if not wanted:
         return {}
 
-    def existing() -> dict[tuple[str, str], SqlTensor]:
-        rows = session.scalars(select(SqlTensor).where(SqlTensor.run_id == run_id))
-        return {(t.name, t.kind): t for t in rows if (t.name, t.kind) in wanted}
+    def existing() -> dict[tuple[str, str], int]:
+        # Plain columns, not ORM objects: a run may have many tensors, every batch asks.
+        rows = session.execute(
+            select(SqlTensor.name, SqlTensor.kind, SqlTensor.id).where(SqlTensor.run_id == run_id)
+        )
+        return {(name, kind): id_ for name, kind, id_ in rows if (name, kind) in wanted}
 
     known = existing()
     missing = [key for key in wanted if key not in known]
@@ -138,13 +162,15 @@ def _tensor_ids(session: Session, run_id: str, batch: wire.Batch) -> dict[tuple[
             ],
         )
         known = existing()
-    for key, meta in info.items():  # newer metadata (e.g. a first shape) fills gaps
-        tensor = known[key]
-        for field, value in _tensor_meta(meta).items():
-            if value is not None and getattr(tensor, field) != value:
-                setattr(tensor, field, value)
+    if info:  # newer metadata (e.g. a first shape) fills gaps
+        ids = {known[key]: meta for key, meta in info.items()}
+        for tensor in session.scalars(select(SqlTensor).where(SqlTensor.run_id == run_id)):
+            if tensor.id in ids:
+                for field, value in _tensor_meta(ids[tensor.id]).items():
+                    if value is not None and getattr(tensor, field) != value:
+                        setattr(tensor, field, value)
     session.flush()
-    return {key: tensor.id for key, tensor in known.items()}
+    return known
 
 
 def _tensor_meta(info: wire.TensorInfo | None) -> Row:
@@ -153,116 +179,135 @@ def _tensor_meta(info: wire.TensorInfo | None) -> Row:
     return {"module_type": info.module_type, "shape": info.shape, "dtype": info.dtype}
 
 
-def _stat_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Row]:
-    rank = batch.rank
-    rows: list[Row] = []
+def _stat_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Record]:
+    rows: list[Record] = []
     for block in batch.stats:
+        n = len(block.steps)
         tensor_id = tensor_ids[(block.name, block.kind)]
         columns = [getattr(block, stat) for stat in wire.STAT_NAMES]
         rows.extend(
-            {
-                "tensor_id": tensor_id,
-                "step": step,
-                "rank": rank,
-                **dict(zip(wire.STAT_NAMES, values, strict=False)),
-            }
-            for step, *values in zip(block.steps, *columns, strict=False)
+            zip(repeat(tensor_id, n), block.steps, repeat(batch.rank, n), *columns, strict=False)
         )
     return rows
 
 
-def pack_counts(counts: Sequence[int]) -> bytes:
-    """Counts as little-endian uint32 when they fit, else uint64."""
-    array = np.asarray(counts, dtype=np.uint64)
-    if array.size and int(array.max()) >= 2**32:
-        return array.astype("<u8").tobytes()
-    return array.astype("<u4").tobytes()
+def pack_counts(counts: Sequence[int] | bytes) -> bytes:
+    """Counts as little-endian uint32 when they fit, else uint64; packed counts as they are."""
+    if isinstance(counts, bytes):
+        return counts
+    try:
+        return struct.pack(f"<{len(counts)}I", *counts)
+    except struct.error:  # a count of 2**32 or more
+        return struct.pack(f"<{len(counts)}Q", *counts)
 
 
-def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Row]:
-    return [
-        {
-            "tensor_id": tensor_ids[(h.name, h.kind)],
-            "step": h.step,
-            "rank": batch.rank,
-            "bins": len(h.counts),
-            "lo": h.lo,
-            "hi": h.hi,
-            "edges": None if h.edges is None else np.asarray(h.edges, "<f8").tobytes(),
-            "counts": pack_counts(h.counts),
-        }
-        for h in batch.histograms
-    ]
+def _pack_edges(edges: Sequence[float]) -> bytes:
+    return struct.pack(f"<{len(edges)}d", *edges)
 
 
-def _scalar_rows(batch: wire.Batch, run_id: str) -> list[Row]:
-    rows: list[Row] = []
-    for block in batch.scalars:
-        times: Iterable[float | None] = block.times or [None] * len(block.steps)
+def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Record]:
+    rows: list[Record] = []
+    for block in batch.histograms:
+        n = len(block.steps)
+        tensor_id = tensor_ids[(block.name, block.kind)]
+        bins = map(wire.bin_count, block.counts)
+        counts = map(pack_counts, block.counts)
+        edges: Iterable[bytes | None] = repeat(None, n)
+        lo: Iterable[float | None] = block.lo or repeat(None, n)
+        hi: Iterable[float | None] = block.hi or repeat(None, n)
+        if block.edges is not None:
+            edges = map(_pack_edges, block.edges)
         rows.extend(
-            {
-                "run_id": run_id,
-                "name": block.name,
-                "step": step,
-                "rank": batch.rank,
-                "value": value,
-                "time": time,
-            }
-            for step, value, time in zip(block.steps, block.values, times, strict=False)
+            zip(
+                repeat(tensor_id, n), block.steps, repeat(batch.rank, n), bins, lo, hi, edges,
+                counts, strict=False,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _scalar_rows(batch: wire.Batch, run_id: str) -> list[Record]:
+    rows: list[Record] = []
+    for block in batch.scalars:
+        n = len(block.steps)
+        times: Iterable[float | None] = block.times or repeat(None, n)
+        rows.extend(
+            zip(
+                repeat(run_id, n),
+                repeat(block.name, n),
+                block.steps,
+                repeat(batch.rank, n),
+                block.values,
+                times,
+                strict=False,
+            )
         )
     return rows
 
 
 def _describe_stat(
     tensor_ids: dict[tuple[str, str], int], what: str = "statistics"
-) -> Callable[[tuple[Any, ...]], str]:
+) -> Callable[[Record], str]:
     names = {tensor_id: key for key, tensor_id in tensor_ids.items()}
 
-    def describe(key: tuple[Any, ...]) -> str:
+    def describe(key: Record) -> str:
         name, kind = names[key[0]]
         return f"{what} of {kind} `{name}` at step {key[1]} (rank {key[2]})"
 
     return describe
 
 
+def _insert_statement(session: Session, table: Table, columns: Sequence[str]) -> str:
+    dialect = session.get_bind().dialect
+    quote = dialect.identifier_preparer.quote
+    marks = ", ".join([_PLACEHOLDERS[dialect.paramstyle]] * len(columns))
+    return f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) VALUES ({marks})"
+
+
 def _insert(
-    session: Session, table: Table, rows: list[Row], describe: Callable[[tuple[Any, ...]], str]
+    session: Session,
+    table: Table,
+    columns: Sequence[str],
+    rows: list[Record],
+    describe: Callable[[Record], str],
 ) -> None:
     """Bulk insert; on a key that exists, keep equal rows and refuse different ones."""
     if not rows:
         return
+    statement = _insert_statement(session, table, columns)
     try:
         with session.begin_nested():
-            session.execute(insert(table), rows)
+            session.connection().exec_driver_sql(statement, rows)
         return
     except IntegrityError:
         pass
-    key_columns = [c.name for c in table.primary_key.columns]
-    stored = _existing_rows(session, table, key_columns, rows)
-    fresh = []
+    key_at = [columns.index(c.name) for c in table.primary_key.columns]
+    stored = _existing_rows(session, table, columns, key_at, rows)
+    fresh: dict[Record, Record] = {}  # a key may also repeat within the batch
     for row in rows:
-        key = tuple(row[c] for c in key_columns)
-        old = stored.get(key)
+        key = tuple(row[i] for i in key_at)
+        old = stored.get(key) or fresh.get(key)
         if old is None:
-            fresh.append(row)
-        elif not all(_same(row[c], old[c]) for c in row):
-            raise Conflict(f"{describe(key)} is already stored with different values")
+            fresh[key] = row
+        elif not all(_same(new, was) for new, was in zip(row, old, strict=True)):
+            where = "is already stored" if key in stored else "is given twice in the batch"
+            raise Conflict(f"{describe(key)} {where} with different values")
     if fresh:
-        session.execute(insert(table), fresh)
+        session.connection().exec_driver_sql(statement, list(fresh.values()))
 
 
 def _existing_rows(
-    session: Session, table: Table, key_columns: list[str], rows: list[Row]
-) -> dict[tuple[Any, ...], Row]:
-    keys = {tuple(row[c] for c in key_columns) for row in rows}
-    columns = [table.c[c] for c in key_columns]
-    found: dict[tuple[Any, ...], Row] = {}
-    key_list = list(keys)
+    session: Session, table: Table, columns: Sequence[str], key_at: list[int], rows: list[Record]
+) -> dict[Record, Record]:
+    """Stored rows with the keys of ``rows``, by key, values in the order of ``columns``."""
+    key_list = list({tuple(row[i] for i in key_at) for row in rows})
+    key_columns = tuple_(*(table.c[columns[i]] for i in key_at))
+    selected = [table.c[c] for c in columns]
+    found: dict[Record, Record] = {}
     for start in range(0, len(key_list), 500):
         chunk = key_list[start : start + 500]
-        result = session.execute(select(table).where(tuple_(*columns).in_(chunk)))
-        for mapping in result.mappings():
-            found[tuple(mapping[c] for c in key_columns)] = dict(mapping)
+        for row in session.execute(select(*selected).where(key_columns.in_(chunk))):
+            found[tuple(row[i] for i in key_at)] = tuple(row)
     return found
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Select, select
@@ -34,15 +34,18 @@ def _tensor_id(session: Session, run_id: str, name: str, kind: str) -> int:
     raise TensorNotFound(f"run `{run_id}` has no {kind} tensor `{name}`")
 
 
+_Query = TypeVar("_Query", bound=Select)  # type: ignore[type-arg]
+
+
 def _page(
-    query: Select[Any],
+    query: _Query,
     step_column: Any,
     *,
     start: int | None,
     end: int | None,
     after_step: int | None,
     limit: int | None,
-) -> Select[Any]:
+) -> _Query:
     if start is not None:
         query = query.where(step_column >= start)
     if end is not None:
@@ -70,7 +73,8 @@ def _shape_series(
 
 
 def _floats(values: list[Any]) -> list[float]:
-    return np.array(values, dtype=np.float64).tolist()  # None (SQLite's NaN) -> nan
+    floats: list[float] = np.array(values, dtype=np.float64).tolist()  # None (SQLite's NaN) -> nan
+    return floats
 
 
 def get_series(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -19,12 +19,15 @@ RunId = Annotated[str, Path(max_length=64)]
 Names = Annotated[
     list[str], Query(min_length=1, max_length=32, description="Repeat to draw several.")
 ]
-Step = Annotated[int | None, Query(ge=0)]
+# Bounded like the stored columns: a larger int cannot even be bound on SQLite.
+Step = Annotated[int | None, Query(ge=0, le=wire.MAX_INT64)]
 Width = Annotated[int, Query(ge=200, le=4000, description="Image width in pixels.")]
 Height = Annotated[int, Query(ge=150, le=4000, description="Image height in pixels.")]
 Dpi = Annotated[int, Query(ge=50, le=300)]
 MaxPoints = Annotated[int, Query(ge=4, le=20_000)]
-PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "A PNG image."}
+}
 
 
 def _check_names(names: list[str]) -> None:
@@ -50,7 +53,7 @@ async def plot_series(
     tensor: Names,
     kind: wire.Kind = "activation",
     stat: wire.StatName = "mean",
-    rank: Annotated[int, Query(ge=0)] = 0,
+    rank: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     start: Step = None,
     end: Step = None,
     logy: bool = False,

@@ -21,8 +21,9 @@ router = APIRouter(tags=["series"])
 
 RunId = Annotated[str, Path(max_length=64)]
 TensorName = Annotated[str, Query(min_length=1, max_length=wire.MAX_NAME_LENGTH)]
-Step = Annotated[int | None, Query(ge=0)]
-Rank = Annotated[int, Query(ge=0)]
+# Bounded like the stored columns: a larger int cannot even be bound on SQLite.
+Step = Annotated[int | None, Query(ge=0, le=wire.MAX_INT64)]
+Rank = Annotated[int, Query(ge=0, le=2**31 - 1)]
 MaxPoints = Annotated[
     int | None,
     Query(ge=MIN_POINTS, le=100_000, description="Downsample to at most this many points."),
