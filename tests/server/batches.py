@@ -1,0 +1,126 @@
+"""Builders of valid payloads for the server tests, and small readers of the database."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from layerwatch import wire
+from layerwatch_server.models import SqlBatch, SqlHistogram, SqlScalar, SqlStat, SqlTensor
+
+
+def new_id(prefix: str = "t") -> str:
+    """A fresh identifier, valid as a run id, batch id or name."""
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+def stats_block(
+    name: str,
+    steps: Sequence[int],
+    *,
+    kind: wire.Kind = "activation",
+    offset: float = 0.0,
+    **columns: Sequence[float],
+) -> dict[str, Any]:
+    """A `wire.Stats` block as a dict; unset columns are made from the steps."""
+    block: dict[str, Any] = {"name": name, "kind": kind, "steps": list(steps)}
+    for stat in wire.STAT_NAMES:
+        if stat in columns:
+            block[stat] = list(columns[stat])
+        elif stat in ("nonfinite", "numel"):
+            block[stat] = [0 if stat == "nonfinite" else 64 for _ in steps]
+        else:
+            block[stat] = [offset + 0.5 * step + wire.STAT_NAMES.index(stat) for step in steps]
+    return block
+
+
+def histogram(
+    name: str,
+    step: int,
+    counts: Sequence[int] | str,
+    *,
+    kind: wire.Kind = "activation",
+    **bins: Any,
+) -> dict[str, Any]:
+    """A one-step `wire.Histograms` block as a dict; equal-width over [-1, 1] unless
+    `edges`/`lo`/`hi` are given. A string for `counts` is sent packed, as it is."""
+    if "edges" not in bins:
+        bins.setdefault("lo", -1.0)
+        bins.setdefault("hi", 1.0)
+    counts = counts if isinstance(counts, str) else list(counts)
+    return {
+        "name": name,
+        "kind": kind,
+        "steps": [step],
+        "counts": [counts],
+        **{key: [value] for key, value in bins.items()},
+    }
+
+
+def scalars_block(
+    name: str, steps: Sequence[int], values: Sequence[float], **extra: Any
+) -> dict[str, Any]:
+    return {"name": name, "steps": list(steps), "values": list(values), **extra}
+
+
+def make_batch(
+    *,
+    batch_id: str | None = None,
+    stats: Sequence[dict[str, Any]] = (),
+    histograms: Sequence[dict[str, Any]] = (),
+    scalars: Sequence[dict[str, Any]] = (),
+    tensors: Sequence[dict[str, Any]] = (),
+    rank: int = 0,
+) -> wire.Batch:
+    return wire.Batch.model_validate(
+        {
+            "batch_id": batch_id or new_id("b"),
+            "rank": rank,
+            "tensors": list(tensors),
+            "stats": list(stats),
+            "histograms": list(histograms),
+            "scalars": list(scalars),
+        }
+    )
+
+
+def sample_batch(*, batch_id: str | None = None, steps: Sequence[int] = (0, 1, 2)) -> wire.Batch:
+    """A batch with a bit of everything: stats of two tensors, a histogram, a scalar."""
+    return make_batch(
+        batch_id=batch_id,
+        tensors=[{"name": "fc1", "kind": "activation", "module_type": "Linear", "shape": [8, 16]}],
+        stats=[stats_block("fc1", steps), stats_block("fc1.weight", steps, kind="weight")],
+        histograms=[histogram("fc1", steps[0], [1, 2, 3, 4])],
+        scalars=[scalars_block("loss", steps, [1.0 / (1 + s) for s in steps])],
+    )
+
+
+def body(batch: wire.Batch) -> bytes:
+    """The JSON a client sends for ``batch``."""
+    return batch.model_dump_json().encode()
+
+
+def digest(batch: wire.Batch) -> str:
+    """The content digest the ingest route computes for ``batch`` sent as `body`."""
+    return hashlib.sha256(body(batch)).hexdigest()
+
+
+def count_rows(session: Session, run_id: str) -> dict[str, int]:
+    """Rows per table that belong to run ``run_id``."""
+    tensors = select(SqlTensor.id).where(SqlTensor.run_id == run_id)
+
+    def count(model: Any, condition: Any) -> int:
+        return session.scalar(select(func.count()).select_from(model).where(condition)) or 0
+
+    return {
+        "tensors": count(SqlTensor, SqlTensor.run_id == run_id),
+        "stats": count(SqlStat, SqlStat.tensor_id.in_(tensors)),
+        "histograms": count(SqlHistogram, SqlHistogram.tensor_id.in_(tensors)),
+        "scalars": count(SqlScalar, SqlScalar.run_id == run_id),
+        "batches": count(SqlBatch, SqlBatch.run_id == run_id),
+    }

@@ -1,0 +1,520 @@
+"""The store on SQLite and PostgreSQL: ingest, idempotency, conflicts, runs, series."""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import numpy as np
+import pytest
+from batches import (
+    count_rows,
+    digest,
+    histogram,
+    make_batch,
+    new_id,
+    sample_batch,
+    scalars_block,
+    stats_block,
+)
+from sqlalchemy.orm import Session
+
+from layerwatch import wire
+from layerwatch_server import store
+from layerwatch_server.errors import Conflict, NotFound, RunNotFound, TensorNotFound
+
+INF = math.inf
+NAN = math.nan
+
+
+def create_run(session: Session, *, project: str | None = None, **spec: object) -> str:
+    run, created = store.create_or_resume_run(
+        session, wire.RunCreate(id=new_id("r"), project=project or new_id("p"), **spec)
+    )
+    session.commit()
+    assert created
+    return run.id
+
+
+def ingest(session: Session, run_id: str, batch: wire.Batch) -> wire.BatchReceipt:
+    """One unit of work, as the server runs it: commit on success, roll back on error."""
+    try:
+        receipt = store.ingest_batch(session, run_id, batch, digest=digest(batch))
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+    return receipt
+
+
+def series(
+    session: Session, run_id: str, *, stat: wire.StatName = "mean", **query: object
+) -> list[float]:
+    """Values of a statistic of the activation `fc1`."""
+    return store.get_series(
+        session, run_id, tensor="fc1", kind="activation", stat=stat, **query
+    ).values
+
+
+def same_floats(left: list[float], right: list[float]) -> bool:
+    """Equal element by element, NaN equal to NaN."""
+    return np.array_equal(np.asarray(left), np.asarray(right), equal_nan=True)
+
+
+# -- ingest ----------------------------------------------------------------------------
+
+
+def test_ingest_round_trip(session: Session) -> None:
+    run_id = create_run(session)
+    steps = [0, 10, 20]
+    stats = stats_block("fc1", steps, mean=[0.5, -1.25, 3e-300], numel=[8, 8, 2**62])
+    batch = make_batch(
+        tensors=[
+            {"name": "fc1", "kind": "activation", "module_type": "Linear", "shape": [4, 8]},
+            {"name": "fc1.weight", "kind": "weight", "dtype": "torch.float32"},
+        ],
+        stats=[stats, stats_block("fc1.weight", steps, kind="weight")],
+        histograms=[
+            histogram("fc1", 0, [1, 2, 3, 4], lo=-2.0, hi=2.0),
+            histogram("fc1", 10, [5, 0, 7], edges=[-1.0, 0.0, 0.5, 10.0]),
+            histogram("fc1", 20, [2**40, 2**63 - 1], lo=0.0, hi=1.0),  # needs uint64
+        ],
+        scalars=[scalars_block("loss", steps, [2.0, 1.0, 0.5], times=[1e9, 1e9 + 1, 1e9 + 2])],
+    )
+
+    receipt = ingest(session, run_id, batch)
+
+    assert receipt == wire.BatchReceipt(
+        batch_id=batch.batch_id, duplicate=False, stats=6, histograms=3, scalars=3
+    )
+    for stat in wire.STAT_NAMES:
+        got = store.get_series(session, run_id, tensor="fc1", kind="activation", stat=stat)
+        assert got.steps == steps
+        assert got.values == [float(v) for v in stats[stat]], stat
+        assert (got.total, got.downsampled, got.next_after_step) == (3, False, None)
+    weight = store.get_series(session, run_id, tensor="fc1.weight", kind="weight", stat="l2")
+    assert weight.values == stats_block("fc1.weight", steps, kind="weight")["l2"]
+
+    tensors = store.list_tensors(session, run_id)
+    assert [(t.name, t.kind, t.module_type, t.shape, t.dtype) for t in tensors.data] == [
+        ("fc1", "activation", "Linear", [4, 8], None),
+        ("fc1.weight", "weight", None, None, "torch.float32"),
+    ]
+    assert store.list_tensors(session, run_id, kind="weight").count == 1
+
+    hists = store.get_histograms(session, run_id, tensor="fc1", kind="activation")
+    assert [(h.step, h.counts) for h in hists.data] == [
+        (0, [1, 2, 3, 4]),
+        (10, [5, 0, 7]),
+        (20, [2**40, 2**63 - 1]),
+    ]
+    assert hists.data[0].edges == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert hists.data[1].edges == [-1.0, 0.0, 0.5, 10.0]
+    assert hists.data[2].edges == [0.0, 0.5, 1.0]
+
+    assert store.list_scalar_names(session, run_id).data == ["loss"]
+    loss = store.get_scalar_series(session, run_id, name="loss")
+    assert (loss.steps, loss.values, loss.times) == (
+        steps,
+        [2.0, 1.0, 0.5],
+        [1e9, 1e9 + 1, 1e9 + 2],
+    )
+    assert count_rows(session, run_id) == {
+        "tensors": 2,
+        "stats": 6,
+        "histograms": 3,
+        "scalars": 3,
+        "batches": 1,
+    }
+
+
+def test_ingest_multi_step_histograms_with_packed_counts(session: Session) -> None:
+    run_id = create_run(session)
+    packed = [np.array([1, 0, 2**32 - 1], "<u4"), np.array([7, 8, 9], "<u4")]
+    block = {
+        "name": "fc1.weight",
+        "kind": "weight",
+        "steps": [3, 4],
+        "counts": [base64.b64encode(c.tobytes()).decode() for c in packed],
+        "lo": [-1.0, -2.0],
+        "hi": [1.0, 2.0],
+    }
+    ingest(session, run_id, make_batch(histograms=[block]))
+
+    hists = store.get_histograms(session, run_id, tensor="fc1.weight", kind="weight")
+    assert [(h.step, h.counts) for h in hists.data] == [(3, [1, 0, 2**32 - 1]), (4, [7, 8, 9])]
+    assert np.allclose(hists.data[0].edges, [-1.0, -1 / 3, 1 / 3, 1.0])
+    assert np.allclose(hists.data[1].edges, [-2.0, -2 / 3, 2 / 3, 2.0])
+
+
+def test_replayed_batch_is_a_duplicate_and_stores_nothing_more(session: Session) -> None:
+    run_id = create_run(session)
+    batch = sample_batch()
+    first = ingest(session, run_id, batch)
+    rows = count_rows(session, run_id)
+
+    again = ingest(session, run_id, batch)
+
+    assert again.duplicate
+    assert (again.stats, again.histograms, again.scalars) == (
+        first.stats,
+        first.histograms,
+        first.scalars,
+    )
+    assert count_rows(session, run_id) == rows
+
+
+def test_same_rows_under_a_new_batch_id_are_accepted_once(session: Session) -> None:
+    run_id = create_run(session)
+    batch = sample_batch()
+    ingest(session, run_id, batch)
+    rows = count_rows(session, run_id)
+
+    resent = batch.model_copy(update={"batch_id": new_id("b")})
+    receipt = ingest(session, run_id, resent)
+
+    assert not receipt.duplicate
+    assert count_rows(session, run_id) == {**rows, "batches": rows["batches"] + 1}
+
+
+def test_new_batch_overlapping_stored_rows_keeps_the_old_and_adds_the_new(
+    session: Session,
+) -> None:
+    run_id = create_run(session)
+    ingest(session, run_id, make_batch(stats=[stats_block("fc1", [0, 1])]))
+    ingest(session, run_id, make_batch(stats=[stats_block("fc1", [1, 2, 3])]))
+
+    got = store.get_series(session, run_id, tensor="fc1", kind="activation", stat="mean")
+    assert got.steps == [0, 1, 2, 3]
+    assert got.values == stats_block("fc1", [0, 1, 2, 3])["mean"]
+
+
+def _conflicting(part: str) -> wire.Batch:
+    """A batch of new, valid rows plus one `part` row contradicting `sample_batch()`."""
+    good = {
+        "stats": [stats_block("fc2", [0, 1, 2])],
+        "histograms": [histogram("fc2", 0, [9, 9])],
+        "scalars": [scalars_block("acc", [0, 1], [0.1, 0.2])],
+        "tensors": [{"name": "fc3", "kind": "grad"}],
+    }
+    bad = {
+        "stats": stats_block("fc1", [1], mean=[123.0]),
+        "histograms": histogram("fc1", 0, [1, 2, 3, 5]),
+        "scalars": scalars_block("loss", [2], [7.0]),
+    }[part]
+    good[part] = [*good[part], bad]
+    return make_batch(**good)
+
+
+@pytest.mark.parametrize("part", ["stats", "histograms", "scalars"])
+def test_conflicting_values_refuse_the_whole_batch(session: Session, part: str) -> None:
+    run_id = create_run(session)
+    stored = sample_batch()
+    ingest(session, run_id, stored)
+    rows = count_rows(session, run_id)
+    before = series(session, run_id)
+
+    with pytest.raises(Conflict, match="different values"):
+        ingest(session, run_id, _conflicting(part))
+
+    assert count_rows(session, run_id) == rows  # not even the batch's good rows
+    assert [t.name for t in store.list_tensors(session, run_id).data] == ["fc1", "fc1.weight"]
+    assert series(session, run_id) == before
+    assert store.get_scalar_series(session, run_id, name="loss").values == [1.0, 0.5, 1 / 3]
+    hist = store.get_histograms(session, run_id, tensor="fc1", kind="activation", step=0)
+    assert hist.data[0].counts == [1, 2, 3, 4]
+
+
+def test_reused_batch_id_with_other_content_is_a_conflict(session: Session) -> None:
+    run_id = create_run(session)
+    batch = sample_batch()
+    ingest(session, run_id, batch)
+    rows = count_rows(session, run_id)
+    other = make_batch(batch_id=batch.batch_id, stats=[stats_block("fc9", [100])])
+
+    with pytest.raises(Conflict, match="already stored with different content"):
+        ingest(session, run_id, other)
+
+    assert count_rows(session, run_id) == rows
+
+
+def test_a_key_repeated_within_one_batch(session: Session) -> None:
+    run_id = create_run(session)
+    twice = make_batch(stats=[stats_block("fc1", [0, 1]), stats_block("fc1", [1, 2])])
+    receipt = ingest(session, run_id, twice)
+    assert not receipt.duplicate
+    assert count_rows(session, run_id)["stats"] == 3
+
+    contradicting = make_batch(
+        scalars=[scalars_block("loss", [5], [1.0]), scalars_block("loss", [5], [2.0])]
+    )
+    with pytest.raises(Conflict, match="twice"):
+        ingest(session, run_id, contradicting)
+    assert count_rows(session, run_id)["scalars"] == 0
+
+
+def test_non_finite_values_are_stored_faithfully(session: Session) -> None:
+    run_id = create_run(session)
+    odd = [NAN, INF, -INF, 0.0, -0.0, 1e308, 5e-324]
+    steps = list(range(len(odd)))
+    batch = make_batch(
+        stats=[stats_block("fc1", steps, **{stat: odd for stat in wire.STAT_NAMES[:7]})],
+        scalars=[scalars_block("loss", steps, odd)],
+    )
+    ingest(session, run_id, batch)
+
+    for stat in wire.STAT_NAMES[:7]:
+        got = store.get_series(session, run_id, tensor="fc1", kind="activation", stat=stat)
+        assert same_floats(got.values, odd), stat
+        assert math.copysign(1.0, got.values[4]) in (1.0, -1.0)  # a zero, of either sign
+    assert same_floats(store.get_scalar_series(session, run_id, name="loss").values, odd)
+
+    # The same non-finite rows sent again are recognised as equal, not as a conflict.
+    receipt = ingest(session, run_id, batch.model_copy(update={"batch_id": new_id("b")}))
+    assert not receipt.duplicate
+    assert count_rows(session, run_id)["stats"] == len(odd)
+    with pytest.raises(Conflict):
+        ingest(session, run_id, make_batch(scalars=[scalars_block("loss", [0], [1.0])]))
+    with pytest.raises(Conflict):
+        ingest(session, run_id, make_batch(scalars=[scalars_block("loss", [1], [-INF])]))
+
+
+def test_ranks_are_stored_apart(session: Session) -> None:
+    run_id = create_run(session)
+    ingest(session, run_id, make_batch(stats=[stats_block("fc1", [0, 1])], rank=0))
+    ingest(session, run_id, make_batch(stats=[stats_block("fc1", [0, 1], offset=9)], rank=3))
+
+    assert series(session, run_id, stat="mean") == [0.0, 0.5]
+    assert series(session, run_id, stat="mean", rank=3) == [9.0, 9.5]
+    assert series(session, run_id, stat="mean", rank=1) == []
+
+
+def test_tensor_metadata_fills_gaps(session: Session) -> None:
+    run_id = create_run(session)
+    ingest(session, run_id, make_batch(stats=[stats_block("fc1", [0])]))
+    assert store.list_tensors(session, run_id).data[0].shape is None
+
+    info = {"name": "fc1", "kind": "activation", "module_type": "Linear", "shape": [2, 3]}
+    ingest(session, run_id, make_batch(tensors=[info], stats=[stats_block("fc1", [1])]))
+    ingest(session, run_id, make_batch(tensors=[{"name": "fc1", "kind": "activation"}]))
+
+    (tensor,) = store.list_tensors(session, run_id).data
+    assert (tensor.module_type, tensor.shape) == ("Linear", [2, 3])
+
+
+def test_ingest_into_an_unknown_run_is_refused(session: Session) -> None:
+    with pytest.raises(RunNotFound):
+        ingest(session, new_id("r"), sample_batch())
+
+
+# -- runs and projects -----------------------------------------------------------------
+
+
+def test_create_then_resume_a_run(session: Session) -> None:
+    project = new_id("p")
+    spec = wire.RunCreate(
+        id=new_id("r"), project=project, config={"lr": 0.1, "layers": [1, 2]}, tags=["a"]
+    )
+    run, created = store.create_or_resume_run(session, spec)
+    session.commit()
+    assert created
+    assert (run.project, run.status, run.config, run.tags) == (
+        project,
+        "running",
+        {"lr": 0.1, "layers": [1, 2]},
+        ["a"],
+    )
+    assert run.name == f"run-{run.id[:8]}"
+    assert run.finished_at is None
+    assert run.started_at.tzinfo is not None
+
+    finished = store.update_run(session, run.id, wire.RunUpdate(status="finished"))
+    session.commit()
+    assert finished.status == "finished"
+    assert finished.finished_at is not None
+
+    resumed, created = store.create_or_resume_run(session, spec)
+    session.commit()
+    assert not created
+    assert (resumed.id, resumed.status, resumed.finished_at) == (run.id, "running", None)
+    assert resumed.started_at == run.started_at
+
+    elsewhere = spec.model_copy(update={"project": new_id("p")})
+    with pytest.raises(Conflict, match=project):
+        store.create_or_resume_run(session, elsewhere)
+
+
+def test_a_run_without_an_id_gets_one(session: Session) -> None:
+    first, _ = store.create_or_resume_run(session, wire.RunCreate(name="mine"))
+    second, _ = store.create_or_resume_run(session, wire.RunCreate(name="mine"))
+    assert first.id != second.id
+    assert first.name == "mine"
+    assert first.project == "default"
+
+
+def test_unknown_runs(session: Session) -> None:
+    with pytest.raises(RunNotFound):
+        store.get_run(session, "nope")
+    with pytest.raises(RunNotFound):
+        store.update_run(session, "nope", wire.RunUpdate(status="failed"))
+    with pytest.raises(RunNotFound):
+        store.list_tensors(session, "nope")
+    with pytest.raises(RunNotFound):
+        store.get_series(session, "nope", tensor="fc1", kind="activation", stat="mean")
+    with pytest.raises(RunNotFound):
+        store.get_scalar_series(session, "nope", name="loss")
+    run_id = create_run(session)
+    with pytest.raises(TensorNotFound):
+        store.get_series(session, run_id, tensor="fc1", kind="activation", stat="mean")
+    with pytest.raises(TensorNotFound):
+        store.get_histograms(session, run_id, tensor="fc1", kind="activation")
+    with pytest.raises(TensorNotFound):
+        store.get_scalar_series(session, run_id, name="loss")
+
+
+def test_list_projects_counts_runs(session: Session) -> None:
+    busy, idle = new_id("p"), new_id("p")
+    for _ in range(3):
+        create_run(session, project=busy)
+    create_run(session, project=idle)
+
+    projects = {p.name: p.runs for p in store.list_projects(session).data}
+    assert (projects[busy], projects[idle]) == (3, 1)
+    names = [p.name for p in store.list_projects(session).data]
+    assert names == sorted(names)
+
+
+def test_list_runs_filters_and_pages(session: Session) -> None:
+    project, tag = new_id("p"), new_id("tag")
+    ids = [create_run(session, project=project, tags=[tag] if i % 2 else []) for i in range(5)]
+    store.update_run(session, ids[0], wire.RunUpdate(status="failed"))
+    store.update_run(session, ids[3], wire.RunUpdate(status="failed"))
+    create_run(session, tags=[tag])  # another project, same tag
+    session.commit()
+
+    everything = store.list_runs(session, project=project)
+    assert [r.id for r in everything.data] == ids[::-1]  # newest first
+    assert everything.count == 5
+    assert {r.project for r in everything.data} == {project}
+
+    failed = store.list_runs(session, project=project, status="failed")
+    assert sorted(r.id for r in failed.data) == sorted([ids[0], ids[3]])
+    assert store.list_runs(session, project=project, tag=tag).count == 2
+    assert store.list_runs(session, tag=tag).count == 3
+    assert store.list_runs(session, project=project, tag=tag, status="failed").count == 1
+
+    page = store.list_runs(session, project=project, offset=1, limit=2)
+    assert [r.id for r in page.data] == [ids[3], ids[2]]
+    assert page.count == 5
+    assert store.list_runs(session, project=project, offset=5).data == []
+
+    with pytest.raises(NotFound):
+        store.list_runs(session, project=new_id("p"))
+
+
+# -- series ----------------------------------------------------------------------------
+
+
+def test_series_pages_cover_every_step_once(session: Session) -> None:
+    run_id = create_run(session)
+    steps = list(range(0, 250, 10))
+    ingest(session, run_id, make_batch(stats=[stats_block("fc1", steps)]))
+
+    seen: list[int] = []
+    after = None
+    pages = 0
+    while True:
+        page = store.get_series(
+            session, run_id, tensor="fc1", kind="activation", stat="max", after_step=after, limit=7
+        )
+        pages += 1
+        seen += page.steps
+        assert len(page.steps) <= 7
+        assert not page.downsampled
+        if page.next_after_step is None:
+            break
+        assert page.next_after_step == page.steps[-1]
+        after = page.next_after_step
+    assert seen == steps
+    assert pages == 4
+
+    window = store.get_series(
+        session, run_id, tensor="fc1", kind="activation", stat="max", start=15, end=60
+    )
+    assert window.steps == [20, 30, 40, 50, 60]
+    exact = store.get_series(
+        session, run_id, tensor="fc1", kind="activation", stat="max", limit=len(steps)
+    )
+    assert exact.next_after_step is None
+
+
+def test_series_downsampling_keeps_the_envelope(session: Session) -> None:
+    run_id = create_run(session)
+    steps = list(range(1000))
+    values = [math.sin(s / 50) for s in steps]
+    values[437], values[901] = 40.0, -40.0
+    values[600] = NAN
+    ingest(session, run_id, make_batch(stats=[stats_block("fc1", steps, mean=values)]))
+
+    thin = store.get_series(
+        session, run_id, tensor="fc1", kind="activation", stat="mean", max_points=50
+    )
+
+    assert thin.downsampled
+    assert thin.total == 1000
+    assert thin.next_after_step is None
+    assert len(thin.steps) <= 50
+    assert thin.steps == sorted(thin.steps)
+    assert {0, 437, 901, 999} <= set(thin.steps)
+    assert all(same_floats([v], [values[s]]) for s, v in zip(thin.steps, thin.values, strict=True))
+
+    full = store.get_series(
+        session, run_id, tensor="fc1", kind="activation", stat="mean", max_points=1000
+    )
+    assert (full.downsampled, full.steps) == (False, steps)
+    window = store.get_series(
+        session,
+        run_id,
+        tensor="fc1",
+        kind="activation",
+        stat="mean",
+        start=400,
+        end=499,
+        max_points=10,
+    )
+    assert window.total == 100
+    assert 437 in window.steps
+    assert window.steps[0] == 400
+    assert window.steps[-1] == 499
+
+
+def test_scalar_series_paging_and_downsampling(session: Session) -> None:
+    run_id = create_run(session)
+    steps = list(range(30))
+    ingest(session, run_id, make_batch(scalars=[scalars_block("loss", steps, steps)]))
+
+    page = store.get_scalar_series(session, run_id, name="loss", limit=20)
+    assert (page.steps, page.next_after_step) == (steps[:20], 19)
+    rest = store.get_scalar_series(session, run_id, name="loss", after_step=19, limit=20)
+    assert (rest.steps, rest.next_after_step) == (steps[20:], None)
+    assert rest.times == [None] * 10
+    thin = store.get_scalar_series(session, run_id, name="loss", max_points=6)
+    assert thin.downsampled
+    assert thin.steps[0] == 0
+    assert thin.steps[-1] == 29
+    assert len(thin.steps) <= 6
+
+
+def test_histograms_by_step_and_in_pages(session: Session) -> None:
+    run_id = create_run(session)
+    hists = [histogram("fc1", step, [step, 1]) for step in range(5)]
+    ingest(session, run_id, make_batch(histograms=hists))
+
+    one = store.get_histograms(session, run_id, tensor="fc1", kind="activation", step=3)
+    assert [(h.step, h.counts) for h in one.data] == [(3, [3, 1])]
+    page = store.get_histograms(session, run_id, tensor="fc1", kind="activation", limit=2)
+    assert ([h.step for h in page.data], page.next_after_step) == ([0, 1], 1)
+    last = store.get_histograms(
+        session, run_id, tensor="fc1", kind="activation", after_step=3, limit=2
+    )
+    assert ([h.step for h in last.data], last.next_after_step) == ([4], None)

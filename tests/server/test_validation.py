@@ -1,0 +1,540 @@
+"""Everything the server refuses: a 4xx naming the problem, and nothing stored.
+
+Each refused batch is otherwise valid and full of good rows, so "nothing
+stored" shows the whole batch was refused, not just its bad part.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import itertools
+import json
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from batches import histogram, make_batch, new_id, sample_batch, scalars_block, stats_block
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select
+
+from layerwatch import wire
+from layerwatch_server.config import Settings
+from layerwatch_server.models import SqlHistogram, SqlScalar, SqlStat, SqlTensor
+
+Doc = dict[str, Any]
+
+
+def valid_doc() -> Doc:
+    """A valid batch as the JSON document a client would send."""
+    doc: Doc = json.loads(sample_batch().model_dump_json())
+    doc["histograms"].append(histogram("fc1", 1, [1, 2, 3], edges=[0.0, 1.0, 2.0, 3.0]))
+    doc["scalars"][0]["times"] = [1.0, 2.0, 3.0]
+    return doc
+
+
+def create_run(api: httpx.Client) -> str:
+    run_id = new_id("r")
+    api.post("/runs", json={"id": run_id, "project": new_id("p")}).raise_for_status()
+    return run_id
+
+
+def assert_nothing_stored(api: httpx.Client, run_id: str) -> None:
+    assert api.get(f"/runs/{run_id}/tensors").json()["count"] == 0
+    assert api.get(f"/runs/{run_id}/scalars").json()["count"] == 0
+
+
+def test_the_valid_document_is_accepted(api: httpx.Client) -> None:
+    run_id = create_run(api)
+    response = api.post(f"/runs/{run_id}/batches", json=valid_doc())
+    assert response.status_code == 200, response.text
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+def _set(path: str, value: Any) -> Callable[[Doc], None]:
+    """A mutation that sets ``doc[a][b]...`` for ``path`` = "a.b...", numbers as indices."""
+
+    def mutate(doc: Doc) -> None:
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        target = doc
+        for key in parents:
+            target = target[key]
+        target[last] = value
+
+    return mutate
+
+
+BAD_BATCHES: dict[str, tuple[Callable[[Doc], Any], str]] = {
+    # name rules
+    "stats name over 250 chars": (_set("stats.0.name", "x" * 251), "name"),
+    "stats name with a newline": (_set("stats.0.name", "fc\n1"), "name"),
+    "scalar name with DEL": (_set("scalars.0.name", "loss\x7f"), "name"),
+    "scalar name with a C1 control": (_set("scalars.0.name", "loss\x85"), "name"),
+    "empty histogram name": (_set("histograms.0.name", ""), "name"),
+    "tensor info name with NUL": (_set("tensors.0.name", "fc\x001"), "name"),
+    "module type over 250 chars": (_set("tensors.0.module_type", "L" * 251), "module_type"),
+    "dtype over 32 chars": (_set("tensors.0.dtype", "d" * 33), "dtype"),
+    "negative shape": (_set("tensors.0.shape", [3, -1]), "shape"),
+    "unknown kind": (_set("stats.1.kind", "bias"), "kind"),
+    # steps and counts
+    "negative step": (_set("stats.0.steps.1", -1), "steps"),
+    "step over int64": (_set("stats.0.steps.1", 2**63), "steps"),
+    "huge step": (_set("scalars.0.steps.0", 10**40), "steps"),
+    "negative histogram step": (_set("histograms.0.steps.0", -5), "steps"),
+    "fractional step": (_set("stats.0.steps.0", 0.5), "steps"),
+    "empty steps": (lambda d: d["scalars"][0].update(steps=[], values=[], times=[]), "steps"),
+    "repeated steps": (_set("stats.0.steps", [0, 1, 1]), "steps"),
+    "repeated scalar steps": (_set("scalars.0.steps", [4, 4, 5]), "steps"),
+    "negative numel": (_set("stats.0.numel.0", -1), "numel"),
+    "nonfinite over int64": (_set("stats.0.nonfinite.0", 2**63), "nonfinite"),
+    "string for a float": (_set("stats.0.mean.2", "big"), "mean"),
+    "null for a float": (_set("stats.0.std.0", None), "std"),
+    # histograms
+    "513 bins": (_set("histograms.0.counts.0", [1] * 513), "counts"),
+    "no bins": (_set("histograms.0.counts.0", []), "counts"),
+    "negative count": (_set("histograms.0.counts.0.2", -3), "counts"),
+    "count over int64": (_set("histograms.0.counts.0.2", 2**64), "counts"),
+    "edges one short": (_set("histograms.1.edges.0", [0.0, 1.0, 2.0]), "edges"),
+    "edges one too many": (_set("histograms.1.edges.0", [0.0, 1.0, 2.0, 3.0, 4.0]), "edges"),
+    "edges decreasing": (_set("histograms.1.edges.0", [0.0, 2.0, 1.0, 3.0]), "edges"),
+    "edges repeated": (_set("histograms.1.edges.0", [0.0, 1.0, 1.0, 3.0]), "edges"),
+    "edges infinite": (_set("histograms.1.edges.0", [0.0, 1.0, 2.0, "Infinity"]), "edges"),
+    "edges NaN": (_set("histograms.1.edges.0", ["NaN", 1.0, 2.0, 3.0]), "edges"),
+    "edges and lo": (_set("histograms.1.lo", [0.0]), "edges"),
+    "lo above hi": (lambda d: d["histograms"][0].update(lo=[2.0], hi=[1.0]), "lo"),
+    "lo missing": (lambda d: d["histograms"][0].pop("lo"), "lo"),
+    "hi infinite": (_set("histograms.0.hi.0", "Infinity"), "hi"),
+    "histogram columns one short": (lambda d: d["histograms"][0]["lo"].pop(), "lo"),
+    "packed counts not whole uint32s": (_set("histograms.0.counts.0", "AAAAAAA="), "counts"),
+    "packed counts not base64": (_set("histograms.0.counts.0", "!!!!"), "counts"),
+    "packed counts over 512 bins": (
+        _set("histograms.0.counts.0", base64.b64encode(bytes(4 * 513)).decode()),
+        "counts",
+    ),
+    # columns
+    "stats column one short": (lambda d: d["stats"][0]["mean"].pop(), "mean"),
+    "stats column one long": (lambda d: d["stats"][1]["zero_frac"].append(0.5), "zero_frac"),
+    "stats column missing": (lambda d: d["stats"][0].pop("l2"), "l2"),
+    "scalar values one short": (lambda d: d["scalars"][0]["values"].pop(), "values"),
+    "scalar times one long": (lambda d: d["scalars"][0]["times"].append(9.0), "times"),
+    # envelope
+    "schema version 2": (_set("schema_version", 2), "schema_version"),
+    "schema version as string": (_set("schema_version", "1"), "schema_version"),
+    "unknown top-level field": (_set("colour", "blue"), "colour"),
+    "unknown nested field": (_set("stats.0.median", [1.0, 2.0, 3.0]), "median"),
+    "batch id with a slash": (_set("batch_id", "../etc"), "batch_id"),
+    "batch id with a space": (_set("batch_id", "a b"), "batch_id"),
+    "batch id over 64 chars": (_set("batch_id", "b" * 65), "batch_id"),
+    "batch id missing": (lambda d: d.pop("batch_id"), "batch_id"),
+    "negative rank": (_set("rank", -1), "rank"),
+    "rank over int32": (_set("rank", 2**31), "rank"),
+    "stats not a list": (_set("stats", {"name": "fc1"}), "stats"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BATCHES))
+def test_invalid_batch_is_refused_whole(api: httpx.Client, case: str) -> None:
+    mutate, named = BAD_BATCHES[case]
+    doc = valid_doc()
+    mutate(doc)
+    run_id = create_run(api)
+
+    response = api.post(f"/runs/{run_id}/batches", content=json.dumps(doc))
+
+    assert response.status_code == 422, response.text
+    assert named in response.text
+    assert_nothing_stored(api, run_id)
+
+
+def test_validation_errors_point_at_the_field(api: httpx.Client) -> None:
+    doc = valid_doc()
+    doc["stats"][1]["steps"][2] = -1
+    run_id = create_run(api)
+
+    detail = api.post(f"/runs/{run_id}/batches", json=doc).json()["detail"]
+
+    assert [error["loc"] for error in detail] == [["stats", 1, "steps", 2]]
+    assert "greater than or equal to 0" in detail[0]["msg"]
+
+
+GZIP = {"Content-Encoding": "gzip"}
+BAD_BODIES: dict[str, tuple[bytes, dict[str, str], int, str]] = {
+    "invalid JSON": (b'{"batch_id": "b1", "stats": [}', {}, 422, "json"),
+    "truncated JSON": (json.dumps(valid_doc()).encode()[:-5], {}, 422, "json"),
+    "empty body": (b"", {}, 422, "json"),
+    "a JSON list": (b"[1, 2, 3]", {}, 422, "object"),
+    "not UTF-8": (b'{"batch_id": "\xff\xfe"}', {}, 422, "json"),
+    "gzip that is not gzip": (b"plain text", GZIP, 422, "gzip"),
+    "cut-off gzip": (gzip.compress(json.dumps(valid_doc()).encode())[:40], GZIP, 422, "json"),
+    "brotli": (b"{}", {"Content-Encoding": "br"}, 422, "Content-Encoding"),
+    "gzip twice": (b"{}", {"Content-Encoding": "gzip, gzip"}, 422, "Content-Encoding"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_unreadable_body_is_refused(api: httpx.Client, case: str) -> None:
+    content, headers, status, word = BAD_BODIES[case]
+    run_id = create_run(api)
+
+    response = api.post(f"/runs/{run_id}/batches", content=content, headers=headers)
+
+    assert response.status_code == status, response.text
+    assert word.lower() in response.text.lower()
+    assert_nothing_stored(api, run_id)
+
+
+# -- runs ------------------------------------------------------------------------------
+
+BAD_RUNS: dict[str, tuple[bytes, str]] = {
+    "NaN in config": (b'{"config": {"lr": NaN}}', "config"),
+    "lone surrogate in config": (b'{"config": {"opt": ["adam", "\\ud800"]}}', "config"),
+    "lone surrogate in a config key": (b'{"config": {"a": {"\\udfff": 1}}}', "config"),
+    "lone surrogate in a name": (b'{"name": "\\udc00"}', "name"),
+    "Infinity deep in config": (b'{"config": {"sched": [1, {"max": -Infinity}]}}', "config"),
+    "config key over 250 chars": (json.dumps({"config": {"k" * 251: 1}}).encode(), "config"),
+    "name over 250 chars": (json.dumps({"name": "n" * 251}).encode(), "name"),
+    "project with a tab": (json.dumps({"project": "a\tb"}).encode(), "project"),
+    "empty project": (json.dumps({"project": ""}).encode(), "project"),
+    "65 tags": (json.dumps({"tags": [f"t{i}" for i in range(65)]}).encode(), "tags"),
+    "id with a slash": (json.dumps({"id": "a/b"}).encode(), "id"),
+    "unknown field": (json.dumps({"owner": "me"}).encode(), "owner"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RUNS))
+def test_invalid_run_is_refused(api: httpx.Client, case: str) -> None:
+    content, named = BAD_RUNS[case]
+
+    def counts() -> tuple[int, int]:
+        return api.get("/runs", params={"limit": 1}).json()["count"], len(
+            api.get("/projects").json()["data"]
+        )
+
+    before = counts()
+    response = api.post("/runs", content=content, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422, response.text
+    assert named in response.text
+    assert counts() == before
+
+
+# -- queries ---------------------------------------------------------------------------
+
+BAD_QUERIES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "max_points below 4": ("series", {"tensor": "fc1", "max_points": 3}, "max_points"),
+    "unknown stat": ("series", {"tensor": "fc1", "stat": "median"}, "stat"),
+    "unknown kind": ("series", {"tensor": "fc1", "kind": "bias"}, "kind"),
+    "negative start": ("series", {"tensor": "fc1", "start": -1}, "start"),
+    "after_step over int64": ("series", {"tensor": "fc1", "after_step": 2**63}, "after_step"),
+    "end not a number": ("series", {"tensor": "fc1", "end": "soon"}, "end"),
+    "rank over int32": ("series", {"tensor": "fc1", "rank": 2**31}, "rank"),
+    "limit 0": ("series", {"tensor": "fc1", "limit": 0}, "limit"),
+    "tensor missing": ("series", {}, "tensor"),
+    "empty tensor": ("series", {"tensor": ""}, "tensor"),
+    "tensor over 250 chars": ("series", {"tensor": "x" * 251}, "tensor"),
+    "histogram step negative": ("histograms", {"tensor": "fc1", "step": -2}, "step"),
+    "histogram limit too big": ("histograms", {"tensor": "fc1", "limit": 10**6}, "limit"),
+    "scalar max_points 1": ("scalars/series", {"name": "loss", "max_points": 1}, "max_points"),
+    "scalar start huge": ("scalars/series", {"name": "loss", "start": 10**30}, "start"),
+    "runs status unknown": ("/runs", {"status": "paused"}, "status"),
+    "runs negative offset": ("/runs", {"offset": -1}, "offset"),
+    "runs limit too big": ("/runs", {"limit": 5000}, "limit"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_QUERIES))
+def test_invalid_query_is_refused(api: httpx.Client, case: str) -> None:
+    path, params, named = BAD_QUERIES[case]
+    run_id = create_run(api)
+    api.post(f"/runs/{run_id}/batches", json=valid_doc()).raise_for_status()
+    url = path if path.startswith("/") else f"/runs/{run_id}/{path}"
+
+    response = api.get(url, params=params)
+
+    assert response.status_code == 422, response.text
+    assert named in response.text
+
+
+# -- body size -------------------------------------------------------------------------
+
+CAP = 4096
+
+
+@pytest.fixture(scope="module")
+def small_server(
+    database_url: str, serve: Callable[[Settings], AbstractContextManager[str]]
+) -> Iterator[str]:
+    """A server on the shared database that takes bodies of at most CAP bytes."""
+    with serve(Settings(database_url=database_url, max_body_bytes=CAP)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def small_api(small_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{small_server}/api/v1", timeout=10) as client:
+        yield client
+
+
+def test_a_body_within_the_cap_is_accepted(small_api: httpx.Client) -> None:
+    run_id = create_run(small_api)
+    content = json.dumps(valid_doc()).encode()
+    assert len(content) < CAP
+    assert small_api.post(f"/runs/{run_id}/batches", content=content).status_code == 200
+
+
+def test_declared_length_over_the_cap_is_refused_before_the_body(
+    small_server: str, small_api: httpx.Client
+) -> None:
+    run_id = create_run(small_api)
+    host, port = small_server.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/v1/runs/{run_id}/batches HTTP/1.1\r\n"
+        f"Host: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {100 * CAP}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())  # and not a byte of the body: the answer must not wait
+        reply = sock.recv(65536)
+
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert b"limit" in reply
+    assert_nothing_stored(small_api, run_id)
+
+
+def test_chunked_body_over_the_cap_is_refused(small_api: httpx.Client) -> None:
+    run_id = create_run(small_api)
+    doc = valid_doc()
+    doc["stats"] = [stats_block(f"layer{i}", range(20)) for i in range(20)]
+    content = json.dumps(doc).encode()
+    assert len(content) > 4 * CAP
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding: chunked
+        for start in range(0, len(content), 1000):
+            yield content[start : start + 1000]
+
+    response = small_api.post(f"/runs/{run_id}/batches", content=chunks())
+
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413, response.text
+    assert_nothing_stored(small_api, run_id)
+
+
+def test_gzip_bomb_is_refused(small_api: httpx.Client) -> None:
+    run_id = create_run(small_api)
+    bomb = gzip.compress(json.dumps(valid_doc()).encode() + b" " * 2_000_000)
+    assert len(bomb) < CAP
+
+    response = small_api.post(
+        f"/runs/{run_id}/batches", content=bomb, headers={"Content-Encoding": "gzip"}
+    )
+
+    assert response.status_code == 413, response.text
+    assert "decompressed" in response.text
+    assert_nothing_stored(small_api, run_id)
+
+
+def test_gzip_within_the_cap_is_accepted(small_api: httpx.Client) -> None:
+    run_id = create_run(small_api)
+    content = gzip.compress(json.dumps(valid_doc()).encode())
+    response = small_api.post(
+        f"/runs/{run_id}/batches", content=content, headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 200, response.text
+
+
+# -- fuzzing ---------------------------------------------------------------------------
+
+# Any text, control characters and lone surrogates (JSON's "\\ud800") included.
+any_text = st.text(st.characters(categories=["L", "N", "P", "Zs", "Cc", "Cs"]), max_size=12)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | any_text
+    | st.sampled_from(["NaN", "Infinity", "fc1", "loss", "activation", "", "\x00", "\ud800x"]),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(any_text, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, (*prefix, index))
+
+
+@st.composite
+def mutated_docs(draw: st.DrawFn, base: Doc) -> Doc:
+    """``base`` with one to three random edits: replace, delete, duplicate or add."""
+    doc = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = list(_paths(doc))[1:]
+        blocks = [p for p in paths if len(p) <= 2]  # whole blocks and lists: duplicates, gaps
+        path = draw(st.sampled_from(blocks) | st.sampled_from(paths))
+        *parents, key = path
+        parent = doc
+        for step in parents:
+            parent = parent[step]
+        action = draw(st.sampled_from(["replace", "delete", "duplicate", "add", "nudge"]))
+        if action == "replace":
+            parent[key] = draw(json_values)
+        elif (
+            action == "nudge"
+            and isinstance(parent[key], (int, float))
+            and not isinstance(parent[key], bool)
+        ):
+            parent[key] = parent[key] + draw(st.sampled_from([-1, 1, 2**31, 2**63, 0.5]))
+        elif action == "delete":
+            del parent[key]
+        elif action == "duplicate" and isinstance(parent, list):
+            parent.insert(key, copy.deepcopy(parent[key]))
+        elif isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=8))] = draw(json_values)
+    return doc
+
+
+floats = st.floats() | st.sampled_from([0.0, 1.0, -1.0])
+few_steps = st.lists(st.integers(0, 6), min_size=1, max_size=4, unique=True)
+
+
+@st.composite
+def stats_blocks(draw: st.DrawFn) -> Doc:
+    steps = draw(few_steps)
+    block = stats_block(draw(st.sampled_from(["fc1", "fc2"])), steps)
+    for stat in draw(st.lists(st.sampled_from(wire.STAT_NAMES[:7]), max_size=3)):
+        block[stat] = draw(st.lists(floats, min_size=len(steps), max_size=len(steps)))
+    return block
+
+
+@st.composite
+def histograms(draw: st.DrawFn) -> Doc:
+    counts = draw(st.lists(st.integers(0, 2**63 - 1) | st.just(1), min_size=1, max_size=3))
+    bins = draw(
+        st.just({"lo": 0.0, "hi": 1.0})
+        | st.just({"edges": [float(i) for i in range(len(counts) + 1)]})
+    )
+    return histogram(draw(st.sampled_from(["fc1", "fc2"])), draw(st.integers(0, 6)), counts, **bins)
+
+
+@st.composite
+def assembled_docs(draw: st.DrawFn) -> Doc:
+    """Valid batches over a few names and steps: replays, overlaps, repeats, conflicts."""
+    steps = draw(few_steps)
+    scalars = scalars_block(
+        draw(st.sampled_from(["loss", "acc"])),
+        steps,
+        draw(st.lists(floats, min_size=len(steps), max_size=len(steps))),
+    )
+    batch = make_batch(
+        rank=draw(st.sampled_from([0, 0, 1])),
+        stats=draw(st.lists(stats_blocks(), max_size=3)),
+        histograms=draw(st.lists(histograms(), max_size=3)),
+        scalars=draw(st.lists(st.just(scalars), max_size=2)),
+    )
+    doc: Doc = json.loads(batch.model_dump_json())
+    return doc
+
+
+def _shift_steps(doc: Doc, offset: int) -> None:
+    for block in (*doc["stats"], *doc["scalars"]):
+        block["steps"] = [step + offset for step in block["steps"]]
+    for block in doc["histograms"]:
+        block["steps"] = [step + offset for step in block["steps"]]
+
+
+_fresh_steps = itertools.count(1000, 1000)
+
+
+def _snapshot(engine: Engine, run_id: str) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Every measurement of the run, keyed by what identifies it."""
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    with engine.connect() as connection:
+        for model in (SqlStat, SqlHistogram):
+            query = select(SqlTensor.name, SqlTensor.kind, model).join(
+                SqlTensor, SqlTensor.id == model.tensor_id
+            )
+            for row in connection.execute(query.where(SqlTensor.run_id == run_id)):
+                name, kind, _, step, rank, *values = row
+                rows[(model.__tablename__, name, kind, step, rank)] = tuple(map(repr, values))
+        query = select(SqlScalar).where(SqlScalar.run_id == run_id)
+        for _, name, step, rank, *values in connection.execute(query):
+            rows[("scalars", name, step, rank)] = tuple(map(repr, values))
+    return rows
+
+
+@dataclass(frozen=True)
+class FuzzTarget:
+    run_id: str
+    stored: Doc = field(repr=False)  # the batch it holds
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] = field(repr=False)  # its rows, by key
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(api: httpx.Client, engine: Engine) -> FuzzTarget:
+    """A run holding a stored batch (with NaN and infinities)."""
+    doc = valid_doc()
+    doc["stats"][0]["mean"] = ["NaN", "Infinity", "-Infinity"]
+    run_id = create_run(api)
+    api.post(f"/runs/{run_id}/batches", json=doc).raise_for_status()
+    return FuzzTarget(run_id, doc, _snapshot(engine, run_id))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_requests_never_fail_the_server_or_history(
+    live_server: str, engine: Engine, fuzz_target: FuzzTarget, data: Any
+) -> None:
+    run_id, stored, before = fuzz_target.run_id, fuzz_target.stored, fuzz_target.rows
+    new_steps = next(_fresh_steps)
+    kind = data.draw(st.sampled_from(["mutated", "mutated", "assembled", "json", "bytes", "run"]))
+    if kind == "assembled":
+        content = json.dumps(data.draw(assembled_docs())).encode()
+    elif kind == "mutated":
+        base = copy.deepcopy(stored)
+        if data.draw(st.booleans()):  # a new batch rather than a replay of the stored one
+            base["batch_id"] = new_id("f")
+            if data.draw(st.booleans()):  # of new rows rather than of stored ones
+                _shift_steps(base, new_steps)
+        doc = data.draw(mutated_docs(base))
+        content = json.dumps(doc).encode()
+    elif kind == "json":
+        content = json.dumps(data.draw(json_values)).encode()
+    elif kind == "bytes":
+        content = data.draw(st.binary(max_size=300))
+    else:
+        spec = {"project": "fuzz", "config": {"lr": 0.1, "opt": ["adam", 0.9]}, "tags": ["a"]}
+        content = json.dumps(data.draw(mutated_docs(spec))).encode()
+    encoding = data.draw(st.sampled_from(["", "", "gzip", "identity", "deflate"]))
+    if encoding == "gzip" and data.draw(st.booleans()):
+        content = gzip.compress(content)
+    headers = {"Content-Type": "application/json"}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    path = "/runs" if kind == "run" else f"/runs/{run_id}/batches"
+
+    # A connection of its own: uvicorn closes one after a 500, failing the next request on it.
+    with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10, verify=False) as client:
+        try:
+            status = client.post(path, content=content, headers=headers).status_code
+        except httpx.TransportError:
+            status = 599  # the server dropped the request
+
+    assert status < 500
+    after = _snapshot(engine, run_id)
+    assert {key: after.get(key) for key in before} == before

@@ -1,0 +1,108 @@
+"""A real training loop streaming to a real server over HTTP, then queried and plotted."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+torch = pytest.importorskip("torch")
+from sklearn.datasets import load_iris  # noqa: E402
+from torch import nn  # noqa: E402
+
+import layerwatch  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _train(server: str, *, steps_per_epoch: int, epochs: int, every: int) -> str:
+    torch.manual_seed(0)
+    x, y = load_iris(return_X_y=True)
+    x = torch.tensor((x - x.mean(0)) / x.std(0), dtype=torch.float32)
+    y = torch.tensor(y)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = len(x) // steps_per_epoch
+    with layerwatch.Run(server, project="e2e", name="iris", config={"lr": 0.1}) as run:
+        run.watch(model, optimizer=optimizer, every=every)
+        for _ in range(epochs):
+            for i in range(steps_per_epoch):
+                xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
+                loss = nn.functional.cross_entropy(model(xb), yb)
+                optimizer.zero_grad()
+                loss.backward()
+                run.log({"loss": loss.detach()})
+                optimizer.step()
+        run_id = run.id
+    return run_id
+
+
+def test_training_run_is_stored_queried_and_plotted(live_server: str) -> None:
+    run_id = _train(live_server, steps_per_epoch=5, epochs=4, every=3)
+    total_steps = 20
+    captured = [k for k in range(total_steps) if k % 3 == 0]
+    base = f"{live_server}/api/v1/runs/{run_id}"
+    with httpx.Client(timeout=30) as http:
+        run = http.get(base).raise_for_status().json()
+        assert run["status"] == "finished"
+        assert run["config"] == {"lr": 0.1}
+
+        tensors = http.get(f"{base}/tensors").raise_for_status().json()["data"]
+        names = [t["name"] for t in tensors if t["kind"] == "activation"]
+        assert names == ["0", "1", "2"]  # leaf modules in network order
+        assert {t["module_type"] for t in tensors} == {"Linear", "ReLU"}
+
+        for name in names:
+            series = (
+                http.get(f"{base}/series", params={"tensor": name, "stat": "numel"})
+                .raise_for_status()
+                .json()
+            )
+            assert series["steps"] == captured
+            width = 3 if name == "2" else 16
+            assert all(v == 30 * width for v in series["values"])
+
+        relu = (
+            http.get(f"{base}/series", params={"tensor": "1", "stat": "min"})
+            .raise_for_status()
+            .json()
+        )
+        assert all(v >= 0 for v in relu["values"])  # a ReLU's output is never negative
+
+        loss = http.get(f"{base}/scalars/series", params={"name": "loss"}).raise_for_status().json()
+        assert loss["steps"] == list(range(total_steps))
+        assert all(math.isfinite(v) for v in loss["values"])
+        assert loss["values"][-1] < loss["values"][0]
+
+        png = http.get(
+            f"{base}/plots/series.png", params={"tensor": names, "stat": "std"}
+        ).raise_for_status()
+        assert png.headers["content-type"] == "image/png"
+        assert png.content.startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.slow
+def test_demo_command_trains_and_writes_plots(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "layerwatch_server.cli", "demo", "--out", str(out), "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "layerwatch server: http://127.0.0.1:" in result.stdout
+    plots = sorted((out / "plots").glob("*.png"))
+    assert len(plots) >= 4
+    for plot in plots:
+        data = plot.read_bytes()
+        assert data.startswith(PNG_SIGNATURE)
+        assert len(data) > 10_000  # real curves, not an empty frame
+    assert (out / "data" / "layerwatch.db").exists()

@@ -1,0 +1,103 @@
+"""Alembic migrations on SQLite and PostgreSQL: upgrade, no drift, downgrade, concurrency."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from layerwatch_server.db import make_engine
+from layerwatch_server.migrate import (
+    current_revisions,
+    downgrade_database,
+    head_revisions,
+    is_up_to_date,
+    upgrade_database,
+)
+from layerwatch_server.models import Base
+
+TABLES = set(Base.metadata.tables)
+
+
+@pytest.fixture
+def empty_engine(empty_database_url: str) -> Iterator[Engine]:
+    engine = make_engine(empty_database_url)
+    yield engine
+    engine.dispose()
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def schema_drift(engine: Engine) -> list[object]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def test_models_and_tables_agree() -> None:
+    expected = {"projects", "runs", "tensors", "stats", "histograms", "scalars", "batches"}
+    assert expected == TABLES
+
+
+def test_upgrade_an_empty_database_to_head(empty_engine: Engine) -> None:
+    assert tables(empty_engine) == set()
+    assert not is_up_to_date(empty_engine)
+
+    upgrade_database(empty_engine)
+
+    assert tables(empty_engine) == TABLES | {"alembic_version"}
+    assert is_up_to_date(empty_engine)
+    upgrade_database(empty_engine)  # a second upgrade is a no-op
+    with empty_engine.connect() as connection:
+        assert current_revisions(connection) == head_revisions()
+
+
+def test_migrations_match_the_models(empty_engine: Engine) -> None:
+    upgrade_database(empty_engine)
+    assert schema_drift(empty_engine) == []
+
+
+def test_downgrade_to_base_then_upgrade_again(empty_engine: Engine) -> None:
+    upgrade_database(empty_engine)
+
+    downgrade_database(empty_engine, "base")
+
+    assert tables(empty_engine) <= {"alembic_version"}
+    with empty_engine.connect() as connection:
+        assert current_revisions(connection) == set()
+    upgrade_database(empty_engine)
+    assert is_up_to_date(empty_engine)
+    assert schema_drift(empty_engine) == []
+
+
+@pytest.mark.slow
+def test_two_processes_upgrading_at_once(empty_database_url: str, empty_engine: Engine) -> None:
+    """Two servers starting together on a new database: both succeed, the schema is made once."""
+    command = [
+        sys.executable,
+        "-m",
+        "layerwatch_server.cli",
+        "db",
+        "upgrade",
+        "--database-url",
+        empty_database_url,
+    ]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+
+    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+        assert "is at head" in stdout
+    assert is_up_to_date(empty_engine)
+    assert tables(empty_engine) == TABLES | {"alembic_version"}
+    assert schema_drift(empty_engine) == []
