@@ -33,15 +33,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
@@ -53,6 +50,7 @@ from layerwatch_server.config import Settings
 from layerwatch_server.db import make_engine
 from layerwatch_server.main import create_app
 from layerwatch_server.migrate import upgrade_database
+from layerwatch_server.serving import serve_in_thread
 
 POSTGRES_URL_ENV = "LAYERWATCH_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -213,47 +211,9 @@ def session(engine: Engine) -> Iterator[Session]:
 # -- servers -------------------------------------------------------------------------
 
 
-@contextmanager
-def running_server(settings: Settings, *, timeout: float = 30.0) -> Iterator[str]:
-    """Serve ``create_app(settings)`` with uvicorn on a background thread.
-
-    Binds a free port on 127.0.0.1, yields the base URL once ``/readyz``
-    answers 200, and shuts the server down (running the app's shutdown) after.
-    """
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=0,
-        lifespan="on",
-        ws="none",
-        log_config=None,  # leave logging to pytest
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="layerwatch-test-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the test server failed to start; see the log above")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the test server did not start in {timeout} s")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=5) as http:
-            while http.get("/readyz").status_code != 200:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{url}/readyz did not answer 200 in {timeout} s")
-                time.sleep(0.02)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError("the test server did not shut down")
+def running_server(settings: Settings, *, timeout: float = 30.0) -> AbstractContextManager[str]:
+    """A real server for ``settings`` on a free 127.0.0.1 port; yields its base URL."""
+    return serve_in_thread(create_app(settings), timeout=timeout)
 
 
 @pytest.fixture(scope="session")

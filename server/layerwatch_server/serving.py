@@ -1,8 +1,7 @@
-"""Running the server inside another program, e.g. the demo or a notebook."""
+"""Running the server inside another program: the demo, a notebook, the tests."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import urllib.error
@@ -14,38 +13,48 @@ import uvicorn
 from fastapi import FastAPI
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serve_in_thread(
     app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0
 ) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a background thread; yield its base URL once ready."""
-    port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    """Serve ``app`` with uvicorn on a background thread; yield its base URL once ready.
+
+    ``port=0`` binds a free port. The URL is yielded once ``/readyz`` answers
+    200 (the database is migrated); leaving the block shuts the server down,
+    running the app's shutdown.
+    """
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", ws="none", log_config=None,
+        log_level="warning", access_log=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="layerwatch-server", daemon=True)
     thread.start()
-    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        while not server.started:
             if not thread.is_alive():
-                raise RuntimeError(f"the server on {url} failed to start")
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
+                raise RuntimeError("the server failed to start; see the log above")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the server on {url} was not ready in {timeout} s")
-            time.sleep(0.05)
+                raise TimeoutError(f"the server did not start in {timeout} s")
+            time.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://{host}:{bound}"
+        while not _ready(url):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}/readyz did not answer 200 in {timeout} s")
+            time.sleep(0.02)
         yield url
     finally:
         server.should_exit = True
         thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError("the server did not shut down")
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
