@@ -9,6 +9,7 @@ plot endpoints into the output folder.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,12 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = _digits(seed)
     model = nn.Sequential(
-        nn.Linear(64, 128), nn.ReLU(),
-        nn.Linear(128, 64), nn.ReLU(),
-        nn.Linear(64, 32), nn.ReLU(),
-        nn.Linear(32, 10),
+        OrderedDict(
+            fc1=nn.Linear(64, 128), relu1=nn.ReLU(),
+            fc2=nn.Linear(128, 64), relu2=nn.ReLU(),
+            fc3=nn.Linear(64, 32), relu3=nn.ReLU(),
+            out=nn.Linear(32, 10),
+        )
     )  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -96,10 +99,14 @@ def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
             "loss.png": ("scalars.png", {"name": ["loss"]}),
             "accuracy.png": ("scalars.png", {"name": ["train_acc", "test_acc"]}),
         }
-        for stat in ("mean", "std", "zero_frac", "max"):
+        relus = [name for name in activations if name.startswith("relu")]
+        for stat, tensors in (
+            ("mean", activations), ("std", activations), ("max", activations),
+            ("zero_frac", relus),  # the fraction of dead (zero) ReLU outputs
+        ):  # fmt: skip
             plots[f"activations_{stat}.png"] = (
                 "series.png",
-                {"tensor": activations, "kind": "activation", "stat": stat},
+                {"tensor": tensors, "kind": "activation", "stat": stat},
             )
         for filename, (view, params) in plots.items():
             response = http.get(f"{base}/plots/{view}", params=params)
