@@ -27,6 +27,7 @@ import gzip
 import hashlib
 import os
 import platform
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -49,7 +50,6 @@ from layerwatch_server import store
 from layerwatch_server.db import make_engine, make_sessionmakers, managed_session
 from layerwatch_server.migrate import upgrade_database
 from layerwatch_server.models import SqlHistogram, SqlStat, SqlTensor
-from layerwatch_server.serving import free_port
 
 STATS: Table = SqlStat.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = SqlHistogram.__table__  # type: ignore[assignment]
@@ -71,6 +71,13 @@ STAGES = (  # rows of the second table, in the order of the data path
     "server: store + commit",
     "raw executemany + commit",
 )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # -- workloads ----------------------------------------------------------------------------

@@ -266,6 +266,6 @@ class BatchReceipt(_Model):
 
     batch_id: str
     duplicate: bool = Field(description="True when this batch had been stored before.")
-    stats: int = Field(description="Statistic rows stored.")
+    stats: int = Field(description="Statistic rows in the batch (stored now or before).")
     histograms: int
     scalars: int

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from layerwatch_server.config import Settings
 from layerwatch_server.db import managed_session
@@ -29,6 +29,13 @@ def get_write_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_write_sessions(request: Request) -> sessionmaker[Session]:
+    """The write-session factory, for routes that run a whole unit of work in one thread."""
+    factory: sessionmaker[Session] = request.app.state.write_sessions
+    return factory
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
+WriteSessionsDep = Annotated[sessionmaker[Session], Depends(get_write_sessions)]

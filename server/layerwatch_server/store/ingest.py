@@ -32,6 +32,7 @@ from layerwatch_server.models import (
     SqlScalar,
     SqlStat,
     SqlTensor,
+    utcnow,
 )
 
 Row = dict[str, Any]
@@ -40,6 +41,7 @@ _STATS: Table = SqlStat.__table__  # type: ignore[assignment]
 _HISTOGRAMS: Table = SqlHistogram.__table__  # type: ignore[assignment]
 _SCALARS: Table = SqlScalar.__table__  # type: ignore[assignment]
 _TENSORS: Table = SqlTensor.__table__  # type: ignore[assignment]
+_BATCHES: Table = SqlBatch.__table__  # type: ignore[assignment]
 _STAT_COLUMNS = ("tensor_id", "step", "rank", *wire.STAT_NAMES)
 _HISTOGRAM_COLUMNS = ("tensor_id", "step", "rank", "bins", "lo", "hi", "edges", "counts")
 _SCALAR_COLUMNS = ("run_id", "name", "step", "rank", "value", "time")
@@ -56,60 +58,46 @@ def ingest_batch(
     """
     if session.get(SqlRun, run_id) is None:
         raise RunNotFound(f"run `{run_id}` does not exist")
-    previous = _previous_batch(session, run_id, batch.batch_id)
-    if previous is not None:
+    receipt = wire.BatchReceipt(
+        batch_id=batch.batch_id,
+        duplicate=False,
+        stats=sum(len(block.steps) for block in batch.stats),
+        histograms=sum(len(block.steps) for block in batch.histograms),
+        scalars=sum(len(block.steps) for block in batch.scalars),
+    )
+    # Claim the batch id first. A copy of this batch being stored at this moment
+    # makes PostgreSQL wait for it here, and then find the id taken.
+    claimed = _claim_batch(
+        session,
+        {"run_id": run_id, "batch_id": batch.batch_id, "rank": batch.rank, "digest": digest,
+         "received_at": utcnow(), "stats": receipt.stats, "histograms": receipt.histograms,
+         "scalars": receipt.scalars},
+    )  # fmt: skip
+    if not claimed:
+        previous = session.get(SqlBatch, (run_id, batch.batch_id), populate_existing=True)
+        assert previous is not None
         return _replayed(previous, batch, digest)
 
     tensor_ids = _tensor_ids(session, run_id, batch)
-    stats = _stat_rows(batch, tensor_ids)
-    histograms = _histogram_rows(batch, tensor_ids)
-    scalars = _scalar_rows(batch, run_id)
-    _insert(session, _STATS, _STAT_COLUMNS, stats, _describe_stat(tensor_ids))
+    _insert(
+        session,
+        _STATS,
+        _STAT_COLUMNS,
+        _stat_rows(batch, tensor_ids),
+        _describe_stat(tensor_ids),
+    )
     _insert(
         session,
         _HISTOGRAMS,
         _HISTOGRAM_COLUMNS,
-        histograms,
+        _histogram_rows(batch, tensor_ids),
         _describe_stat(tensor_ids, "histogram"),
     )
     _insert(
-        session,
-        _SCALARS,
-        _SCALAR_COLUMNS,
-        scalars,
+        session, _SCALARS, _SCALAR_COLUMNS, _scalar_rows(batch, run_id),
         lambda key: f"scalar `{key[1]}` at step {key[2]}",
-    )
-
-    try:
-        with session.begin_nested():
-            session.add(
-                SqlBatch(
-                    run_id=run_id,
-                    batch_id=batch.batch_id,
-                    rank=batch.rank,
-                    digest=digest,
-                    stats=len(stats),
-                    histograms=len(histograms),
-                    scalars=len(scalars),
-                )
-            )
-    except IntegrityError:
-        # The same batch arrived twice at once and the other copy committed first.
-        previous = _previous_batch(session, run_id, batch.batch_id)
-        if previous is None:
-            raise
-        return _replayed(previous, batch, digest)
-    return wire.BatchReceipt(
-        batch_id=batch.batch_id,
-        duplicate=False,
-        stats=len(stats),
-        histograms=len(histograms),
-        scalars=len(scalars),
-    )
-
-
-def _previous_batch(session: Session, run_id: str, batch_id: str) -> SqlBatch | None:
-    return session.get(SqlBatch, (run_id, batch_id), populate_existing=True)
+    )  # fmt: skip
+    return receipt
 
 
 def _replayed(previous: SqlBatch, batch: wire.Batch, digest: str) -> wire.BatchReceipt:
@@ -128,9 +116,20 @@ def _replayed(previous: SqlBatch, batch: wire.Batch, digest: str) -> wire.BatchR
 
 
 def _insert_ignoring_duplicates(session: Session, table: Table, rows: list[Row]) -> None:
-    dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    session.execute(module.insert(table).on_conflict_do_nothing(), rows)
+    session.execute(_insert_new(session, table), rows)
+
+
+def _insert_new(session: Session, table: Table) -> Any:
+    """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING)."""
+    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()
+
+
+def _claim_batch(session: Session, row: Row) -> bool:
+    """Insert the batch row unless its id is taken; True when this call inserted it."""
+    # RETURNING, not rowcount: drivers do not all count ON CONFLICT DO NOTHING.
+    statement = _insert_new(session, _BATCHES).returning(_BATCHES.c.batch_id)
+    return session.execute(statement, row).first() is not None
 
 
 def _tensor_ids(session: Session, run_id: str, batch: wire.Batch) -> dict[tuple[str, str], int]:

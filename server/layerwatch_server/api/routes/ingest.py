@@ -11,7 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.api.deps import SettingsDep, WriteSessionDep
+from layerwatch_server.api.deps import SettingsDep, WriteSessionsDep
+from layerwatch_server.db import managed_session
 from layerwatch_server.errors import InvalidQuery, PayloadTooLarge
 
 router = APIRouter(tags=["ingest"])
@@ -72,15 +73,18 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 async def ingest_batch(
     run_id: Annotated[str, Path(max_length=64)],
     request: Request,
-    session: WriteSessionDep,
+    sessions: WriteSessionsDep,
     settings: SettingsDep,
 ) -> wire.BatchReceipt:
     """Store a batch of measurements; answers only after it is committed."""
     body = await read_body(request, settings.max_body_bytes)
 
     def parse_and_store() -> wire.BatchReceipt:
+        # Parsing, storing and committing share one worker-thread hop: a batch
+        # is small work, and each hop costs as much as validating it.
         batch = wire.Batch.model_validate_json(body)
         digest = hashlib.sha256(body).hexdigest()
-        return store.ingest_batch(session, run_id, batch, digest=digest)
+        with managed_session(sessions) as session:
+            return store.ingest_batch(session, run_id, batch, digest=digest)
 
     return await run_in_threadpool(parse_and_store)
