@@ -234,7 +234,7 @@ class Scalars(_Model):
     name: Name
     steps: list[Step] = Field(min_length=1)
     values: list[float]
-    times: list[float] | None = Field(None, description="Wall-clock Unix time of each value.")
+    times: list[FiniteFloat] | None = Field(None, description="Wall-clock Unix time of each value.")
 
     @model_validator(mode="after")
     def _same_lengths(self) -> Scalars:

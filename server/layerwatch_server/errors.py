@@ -39,11 +39,16 @@ class PayloadTooLarge(LayerwatchError):
     pass
 
 
+class UnsupportedEncoding(LayerwatchError):
+    """A request body in a Content-Encoding the server does not read."""
+
+
 HTTP_STATUS: dict[type[LayerwatchError], int] = {
     NotFound: 404,
     Conflict: 409,
     InvalidQuery: 422,
     PayloadTooLarge: 413,
+    UnsupportedEncoding: 415,
 }
 
 

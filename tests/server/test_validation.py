@@ -125,6 +125,7 @@ BAD_BATCHES: dict[str, tuple[Callable[[Doc], Any], str]] = {
     "stats column missing": (lambda d: d["stats"][0].pop("l2"), "l2"),
     "scalar values one short": (lambda d: d["scalars"][0]["values"].pop(), "values"),
     "scalar times one long": (lambda d: d["scalars"][0]["times"].append(9.0), "times"),
+    "scalar time NaN": (_set("scalars.0.times.1", "NaN"), "times"),
     # envelope
     "schema version 2": (_set("schema_version", 2), "schema_version"),
     "schema version as string": (_set("schema_version", "1"), "schema_version"),
@@ -174,8 +175,8 @@ BAD_BODIES: dict[str, tuple[bytes, dict[str, str], int, str]] = {
     "not UTF-8": (b'{"batch_id": "\xff\xfe"}', {}, 422, "json"),
     "gzip that is not gzip": (b"plain text", GZIP, 422, "gzip"),
     "cut-off gzip": (gzip.compress(json.dumps(valid_doc()).encode())[:40], GZIP, 422, "json"),
-    "brotli": (b"{}", {"Content-Encoding": "br"}, 422, "Content-Encoding"),
-    "gzip twice": (b"{}", {"Content-Encoding": "gzip, gzip"}, 422, "Content-Encoding"),
+    "brotli": (b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+    "gzip twice": (b"{}", {"Content-Encoding": "gzip, gzip"}, 415, "Content-Encoding"),
 }  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SettingsDep, WriteSessionsDep
 from layerwatch_server.db import managed_session
-from layerwatch_server.errors import InvalidQuery, PayloadTooLarge
+from layerwatch_server.errors import InvalidQuery, PayloadTooLarge, UnsupportedEncoding
 
 router = APIRouter(tags=["ingest"])
 
@@ -43,7 +43,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     if encoding == "gzip":
         return _gunzip(body, limit)
     if encoding not in ("identity", ""):
-        raise InvalidQuery(f"unsupported Content-Encoding `{encoding}`; use gzip or none")
+        raise UnsupportedEncoding(f"unsupported Content-Encoding `{encoding}`; use gzip or none")
     return body
 
 
@@ -66,6 +66,7 @@ def _gunzip(body: bytes, limit: int) -> bytes:
         404: {"description": "No such run"},
         409: {"description": "The batch contradicts stored data"},
         413: {"description": "Body too large"},
+        415: {"description": "Content-Encoding other than gzip"},
         422: {"description": "Invalid batch"},
         503: {"description": "Database busy; retry after `Retry-After` seconds"},
     },
