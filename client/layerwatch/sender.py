@@ -28,20 +28,8 @@ import httpx
 import pydantic
 
 from layerwatch import wire
-from layerwatch.buffer import (
-    Buffer,
-    FlushRequest,
-    MemorySpool,
-    Outgoing,
-    ScalarRecord,
-    Spool,
-    StatRecord,
-    TensorMeta,
-    Wake,
-    build_batch,
-    count_records,
-    split_batch,
-)
+from layerwatch.batching import build_batch, count_records, split_batch
+from layerwatch.buffer import Buffer, FlushRequest, ScalarRecord, StatRecord, TensorMeta, Wake
 from layerwatch.errors import (
     DeliveryError,
     PayloadTooLargeError,
@@ -49,6 +37,7 @@ from layerwatch.errors import (
     RetryableError,
     RunNotFoundError,
 )
+from layerwatch.spool import MemorySpool, Outgoing, Spool
 
 __all__ = ["Counters", "Sender"]
 
