@@ -140,11 +140,14 @@ def list_runs(
         query = query.where(SqlProject.name == project)
     if status is not None:
         query = query.where(SqlRun.status == status)
-    rows = session.execute(query.order_by(SqlRun.started_at.desc(), SqlRun.id)).all()
-    if tag is not None:  # tags are a JSON list: filter portably in Python
-        rows = [row for row in rows if tag in (row[0].tags or [])]
-    page = rows[offset : offset + limit]
-    return RunsPublic(data=[_run_public(run, name) for run, name in page], count=len(rows))
+    query = query.order_by(SqlRun.started_at.desc(), SqlRun.id)
+    if tag is None:
+        count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        page = session.execute(query.offset(offset).limit(limit)).all()
+    else:  # tags are a JSON list: filtered portably in Python
+        rows = [row for row in session.execute(query) if tag in (row[0].tags or [])]
+        count, page = len(rows), rows[offset : offset + limit]
+    return RunsPublic(data=[_run_public(run, name) for run, name in page], count=count)
 
 
 def list_tensors(session: Session, run_id: str, *, kind: str | None = None) -> TensorsPublic:
