@@ -22,10 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 WRITE_OPTION = "layerwatch_write"
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000, **kwargs: Any) -> Engine:
     """Create the engine for ``url``; for a SQLite file, create its folder too."""
     parsed = make_url(url)

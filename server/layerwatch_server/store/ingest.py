@@ -190,7 +190,7 @@ def _stat_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> lis
     return rows
 
 
-def pack_counts(counts: Sequence[int] | bytes) -> bytes:
+def _pack_counts(counts: Sequence[int] | bytes) -> bytes:
     """Counts as little-endian uint32 when they fit, else uint64; packed counts as they are."""
     if isinstance(counts, bytes):
         return counts
@@ -210,7 +210,7 @@ def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -
         n = len(block.steps)
         tensor_id = tensor_ids[(block.name, block.kind)]
         bins = map(wire.bin_count, block.counts)
-        counts = map(pack_counts, block.counts)
+        counts = map(_pack_counts, block.counts)
         edges: Iterable[bytes | None] = repeat(None, n)
         lo: Iterable[float | None] = block.lo or repeat(None, n)
         hi: Iterable[float | None] = block.hi or repeat(None, n)

@@ -175,7 +175,7 @@ def get_scalar_series(
     )
 
 
-def unpack_histogram(row: SqlHistogram) -> tuple[list[float], list[int]]:
+def _unpack_histogram(row: SqlHistogram) -> tuple[list[float], list[int]]:
     """(edges, counts) of a stored histogram."""
     width = len(row.counts) // row.bins
     counts = np.frombuffer(row.counts, dtype="<u4" if width == 4 else "<u8")
@@ -218,7 +218,7 @@ def get_histograms(
         next_after = rows[-1].step
     data = []
     for row in rows:
-        edges, counts = unpack_histogram(row)
+        edges, counts = _unpack_histogram(row)
         data.append(HistogramPublic(step=row.step, rank=row.rank, edges=edges, counts=counts))
     return HistogramsPublic(
         tensor=tensor, kind=kind, data=data, count=len(data), next_after_step=next_after

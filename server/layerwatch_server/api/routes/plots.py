@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -36,13 +38,10 @@ def _check_names(names: list[str]) -> None:
             raise InvalidQuery(f"name must be 1-{wire.MAX_NAME_LENGTH} characters")
 
 
-async def _render(request: Request, render: object, *args: object, **kwargs: object) -> bytes:
+async def _render(request: Request, render: Callable[[], bytes]) -> bytes:
     """Render in a worker thread, at most ``max_concurrent_renders`` at once."""
     limiter: anyio.CapacityLimiter = request.app.state.render_limiter
-    return await anyio.to_thread.run_sync(
-        lambda: render(*args, **kwargs),  # type: ignore[operator]
-        limiter=limiter,
-    )
+    return await anyio.to_thread.run_sync(render, limiter=limiter)
 
 
 @router.get("/runs/{run_id}/plots/series.png", response_class=Response, responses=PNG)
@@ -85,14 +84,16 @@ async def plot_series(
     lines = await anyio.to_thread.run_sync(query)
     png = await _render(
         request,
-        render_lines_png,
-        lines,
-        title=f"{kind} {stat}",
-        ylabel=stat,
-        logy=logy,
-        width=width,
-        height=height,
-        dpi=dpi,
+        partial(
+            render_lines_png,
+            lines,
+            title=f"{kind} {stat}",
+            ylabel=stat,
+            logy=logy,
+            width=width,
+            height=height,
+            dpi=dpi,
+        ),
     )
     return Response(png, media_type="image/png")
 
@@ -126,13 +127,15 @@ async def plot_scalars(
     lines = await anyio.to_thread.run_sync(query)
     png = await _render(
         request,
-        render_lines_png,
-        lines,
-        title=", ".join(name),
-        ylabel="value",
-        logy=logy,
-        width=width,
-        height=height,
-        dpi=dpi,
+        partial(
+            render_lines_png,
+            lines,
+            title=", ".join(name),
+            ylabel="value",
+            logy=logy,
+            width=width,
+            height=height,
+            dpi=dpi,
+        ),
     )
     return Response(png, media_type="image/png")
