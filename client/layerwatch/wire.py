@@ -33,6 +33,11 @@ from pydantic import (
 SCHEMA_VERSION: Final = 1
 MAX_NAME_LENGTH = 250
 MAX_BINS = 512
+MAX_UNITS = 4096
+"""Most units (output features, or channels) whose means one record carries."""
+MAX_PROBE_SAMPLES = 4096
+MAX_PROBE_VALUES = 16 * 1024 * 1024
+"""Most float16 values of one probed layer (samples x features, or feature maps)."""
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -175,6 +180,21 @@ Counts = Annotated[list[Count], Field(min_length=1, max_length=MAX_BINS)] | Pack
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
+def _packed_floats(value: bytes) -> bytes:
+    if not value or len(value) % 4 or len(value) > 4 * MAX_UNITS:
+        raise ValueError(
+            f"packed values must decode to 1-{MAX_UNITS} little-endian float32 values "
+            f"(got {len(value)} bytes)"
+        )
+    return value
+
+
+PackedFloat32 = Annotated[Base64Bytes, AfterValidator(_packed_floats)]
+"""Base64 of little-endian float32 values (NaN and infinities allowed)."""
+
+Shape = Annotated[list[Count], Field(max_length=32)]
+
+
 def bin_count(counts: list[int] | bytes) -> int:
     """How many bins ``counts`` (a list, or packed uint32 bytes) has."""
     return len(counts) // 4 if isinstance(counts, bytes) else len(counts)
@@ -199,6 +219,11 @@ class Histograms(_Model):
     edges: list[Annotated[list[FiniteFloat], Field(max_length=MAX_BINS + 1)]] | None = Field(
         None, description="Per step: explicit bin edges, one more than the counts, increasing."
     )
+    sample_size: list[Count | None] | None = Field(
+        None,
+        description="Per step: elements drawn (uniformly, with replacement) to estimate the "
+        "histogram, or null where the counts cover every finite element.",
+    )
 
     @model_validator(mode="after")
     def _consistent_bins(self) -> Histograms:
@@ -212,6 +237,8 @@ class Histograms(_Model):
             raise ValueError(f"{where}: needs `lo` and `hi`, or `edges`")
         else:
             columns["lo"], columns["hi"] = self.lo, self.hi
+        if self.sample_size is not None:
+            columns["sample_size"] = self.sample_size
         _check_columns(where, self.steps, columns)
         if self.lo is not None and self.hi is not None:
             for step, lo, hi in zip(self.steps, self.lo, self.hi, strict=True):
@@ -225,6 +252,87 @@ class Histograms(_Model):
                 )
             if any(b <= a for a, b in itertools.pairwise(edges)):
                 raise ValueError(f"{where} at step {step}: `edges` must be strictly increasing")
+        return self
+
+
+class UnitMeans(_Model):
+    """Per-unit means of one tensor at one or more steps.
+
+    A unit is an output feature (the last dimension) or, for convolution and
+    normalisation outputs, a channel (dimension 1); the mean is over every other
+    dimension. A ReLU unit whose mean is 0 was inactive on the whole batch.
+    """
+
+    name: Name
+    kind: Kind
+    steps: list[Step] = Field(min_length=1)
+    values: list[PackedFloat32] = Field(
+        description=f"Per step: base64 of little-endian float32, one per unit (1-{MAX_UNITS})."
+    )
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> UnitMeans:
+        where = f"unit means of {self.kind} `{self.name}`"
+        _check_columns(where, self.steps, {"values": self.values})
+        if len({len(v) for v in self.values}) > 1:
+            raise ValueError(f"{where}: every step must have the same number of units")
+        return self
+
+
+class WeightChanges(_Model):
+    """How much one parameter moved, at one or more captured steps.
+
+    ``since_prev`` is ``||W_t - W_prev|| / ||W_prev||`` against the previous
+    capture (NaN at the first), ``since_init`` the same against the weights when
+    the model was watched, and ``update_ratio`` ``||W_after - W_t|| / ||W_t||``
+    for the optimizer step taken at step t alone (NaN where unknown). Norms are
+    Frobenius norms; a ratio over a zero norm is NaN or infinite.
+    """
+
+    name: Name
+    steps: list[Step] = Field(min_length=1)
+    since_prev: list[float]
+    since_init: list[float]
+    update_ratio: list[float]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> WeightChanges:
+        columns = {"since_prev": self.since_prev, "since_init": self.since_init,
+                   "update_ratio": self.update_ratio}  # fmt: skip
+        _check_columns(f"weight changes of `{self.name}`", self.steps, columns)
+        return self
+
+
+ModulePath = Annotated[
+    str, StringConstraints(max_length=MAX_NAME_LENGTH), AfterValidator(_no_control_chars)
+]
+
+
+class ModuleInfo(_Model):
+    """One module of a model tree, as `named_modules()` lists it."""
+
+    path: ModulePath = Field(description="Qualified name; empty for the model itself.")
+    type: Name = Field(description="Class name, e.g. `Conv2d`.")
+    params: Count = Field(description="Parameters the module owns itself (not its children's).")
+    trainable: Count = Field(description="Of those, the ones that require gradients.")
+    inputs: list[Shape] | None = Field(
+        None, max_length=64, description="Shapes of its tensor inputs at the first forward."
+    )
+    outputs: list[Shape] | None = Field(
+        None, max_length=64, description="Shapes of its tensor outputs at the first forward."
+    )
+
+
+class ModelTree(_Model):
+    """The structure of a watched model; sent once, at its first forward pass."""
+
+    name: Name = Field(description="The model's class name.")
+    modules: list[ModuleInfo] = Field(min_length=1, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> ModelTree:
+        if len({m.path for m in self.modules}) != len(self.modules):
+            raise ValueError(f"model `{self.name}`: module paths must be unique")
         return self
 
 
@@ -259,6 +367,9 @@ class Batch(_Model):
     stats: list[Stats] = Field(default_factory=list)
     histograms: list[Histograms] = Field(default_factory=list)
     scalars: list[Scalars] = Field(default_factory=list)
+    unit_means: list[UnitMeans] = Field(default_factory=list)
+    weight_changes: list[WeightChanges] = Field(default_factory=list)
+    models: list[ModelTree] = Field(default_factory=list)
 
 
 class BatchReceipt(_Model):
@@ -269,3 +380,115 @@ class BatchReceipt(_Model):
     stats: int = Field(description="Statistic rows in the batch (stored now or before).")
     histograms: int
     scalars: int
+
+
+def _packed_halves(value: bytes) -> bytes:
+    if not value or len(value) % 2 or len(value) > 2 * MAX_PROBE_VALUES:
+        raise ValueError(
+            f"packed values must decode to 1-{MAX_PROBE_VALUES} little-endian float16 values "
+            f"(got {len(value)} bytes)"
+        )
+    return value
+
+
+PackedFloat16 = Annotated[Base64Bytes, AfterValidator(_packed_halves)]
+"""Base64 of little-endian float16 values in C order."""
+
+
+def _packed_labels(value: bytes) -> bytes:
+    if not value or len(value) % 4 or len(value) > 4 * MAX_PROBE_SAMPLES:
+        raise ValueError(
+            f"packed labels must decode to 1-{MAX_PROBE_SAMPLES} little-endian int32 values "
+            f"(got {len(value)} bytes)"
+        )
+    return value
+
+
+PackedInt32 = Annotated[Base64Bytes, AfterValidator(_packed_labels)]
+"""Base64 of little-endian int32 values, one per probe sample."""
+
+
+def _check_packed(where: str, field: str, data: bytes, shape: list[int], itemsize: int) -> None:
+    expected = math.prod(shape) * itemsize
+    if len(data) != expected:
+        raise ValueError(
+            f"{where}: `{field}` holds {len(data) // itemsize} values, "
+            f"its shape {shape} needs {expected // itemsize}"
+        )
+
+
+class ProbeLayer(_Model):
+    """What one layer output on the probe inputs: a row of features per sample.
+
+    ``features`` is ``(samples, *feature_shape)`` in float16: the output itself
+    when it fits the client's feature budget, else pooled (convolution maps are
+    average-pooled spatially) or truncated; ``source_shape`` is the output's
+    shape per sample before that. ``maps`` keeps the full-resolution maps
+    (capped) of the first few samples of a convolution output.
+    """
+
+    name: Name
+    features_shape: Shape = Field(min_length=2)
+    features: PackedFloat16
+    source_shape: Shape | None = None
+    reduced: Literal["none", "pooled", "truncated", "averaged"] = Field(
+        "none", description="How `features` was made from the layer's output."
+    )
+    maps_shape: Shape | None = Field(None, min_length=4, max_length=4)
+    maps: PackedFloat16 | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbeLayer:
+        where = f"probe layer `{self.name}`"
+        if self.features_shape[0] > MAX_PROBE_SAMPLES:
+            raise ValueError(f"{where}: more than {MAX_PROBE_SAMPLES} samples")
+        _check_packed(where, "features", self.features, self.features_shape, 2)
+        if (self.maps is None) != (self.maps_shape is None):
+            raise ValueError(f"{where}: give both `maps` and `maps_shape`, or neither")
+        if self.maps is not None and self.maps_shape is not None:
+            _check_packed(where, "maps", self.maps, self.maps_shape, 2)
+        return self
+
+
+class Probe(_Model):
+    """The model's outputs on the fixed probe inputs at one step (or part of them).
+
+    A probe's layers may come in several requests with the same ``step``: the
+    first one that carries ``labels`` / ``predictions`` sets them, later ones
+    add layers. Sending a layer again with the same content is a no-op; with
+    other content it is a conflict.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    step: Step
+    rank: int = Field(0, ge=0, le=2**31 - 1)
+    samples: int = Field(ge=1, le=MAX_PROBE_SAMPLES)
+    labels: PackedInt32 | None = Field(None, description="Class label of each sample.")
+    predictions: PackedInt32 | None = Field(
+        None, description="Predicted class of each sample (argmax of the model's output)."
+    )
+    layers: list[ProbeLayer] = Field(default_factory=list, max_length=1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Probe:
+        for field in ("labels", "predictions"):
+            data = getattr(self, field)
+            if data is not None:
+                _check_packed(f"probe at step {self.step}", field, data, [self.samples], 4)
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probe at step {self.step}: layer names must be unique")
+        for layer in self.layers:
+            if layer.features_shape[0] != self.samples:
+                raise ValueError(
+                    f"probe layer `{layer.name}` has {layer.features_shape[0]} samples, "
+                    f"the probe {self.samples}"
+                )
+        return self
+
+
+class ProbeReceipt(_Model):
+    """The server's answer to a probe upload."""
+
+    step: int
+    layers: int = Field(description="Layers stored now (sent before: not counted).")
