@@ -16,12 +16,16 @@ from layerwatch import wire
 if TYPE_CHECKING:
     import torch
 
+    from layerwatch.reduce import Summary
+
 __all__ = [
     "Buffer",
     "FlushRequest",
     "Item",
+    "ModelRecord",
+    "Record",
     "ScalarRecord",
-    "StatRecord",
+    "SummaryRecord",
     "TensorKey",
     "TensorMeta",
     "Wake",
@@ -33,14 +37,28 @@ TensorMeta = tuple[str, tuple[int, ...], str]
 TensorKey = tuple[str, wire.Kind]
 
 
-class StatRecord(NamedTuple):
-    """Statistics of one tensor at one step, still on the device that computed them."""
+class SummaryRecord(NamedTuple):
+    """One capture of one tensor, still on the device that computed it."""
 
     step: int
     name: str
     kind: wire.Kind
-    stats: torch.Tensor  # (NUM_STATS,) float32, order of wire.STAT_NAMES
-    numel: int  # exact; the float32 copy in `stats` rounds above 2**24
+    numel: int  # exact; the float32 copy in the statistics rounds above 2**24
+    summary: Summary
+    change: torch.Tensor | None = None  # (3,) float32: since_prev, since_init, update_ratio
+
+    @property
+    def rows(self) -> int:
+        """Rows this record becomes on the wire: statistics, histogram, unit means, change."""
+        s = self.summary
+        return 1 + (s.counts is not None) + (s.units is not None) + (self.change is not None)
+
+
+class ModelRecord(NamedTuple):
+    """The module tree of a watched model, made at its first forward pass."""
+
+    tree: wire.ModelTree
+    rows: int = 1
 
 
 class ScalarRecord(NamedTuple):
@@ -50,6 +68,7 @@ class ScalarRecord(NamedTuple):
     name: str
     value: float | torch.Tensor
     time: float
+    rows: int = 1
 
 
 @dataclass(eq=False)
@@ -64,7 +83,8 @@ class Wake:
     """Put on the queue to wake the sender early (e.g. to stop)."""
 
 
-Item = StatRecord | ScalarRecord | FlushRequest | Wake
+Record = SummaryRecord | ScalarRecord | ModelRecord
+Item = Record | FlushRequest | Wake
 
 
 class Buffer:
@@ -84,15 +104,19 @@ class Buffer:
         """Records dropped because the queue was full."""
         return self._dropped
 
-    def put(self, record: StatRecord | ScalarRecord) -> bool:
-        """Queue `record`, or drop and count it when the queue is full."""
+    def put(self, record: Record) -> bool:
+        """Queue `record`, or drop and count its rows when the queue is full."""
         try:
             self._queue.put_nowait(record)
         except queue.Full:
-            with self._lock:  # hooks may run on several threads (nn.DataParallel)
-                self._dropped += 1
+            self.count_dropped(record.rows)
             return False
         return True
+
+    def count_dropped(self, rows: int) -> None:
+        """Count rows lost before reaching the queue (e.g. by a full reducer)."""
+        with self._lock:  # hooks may run on several threads (nn.DataParallel)
+            self._dropped += rows
 
     def put_control(self, item: FlushRequest | Wake, timeout: float | None) -> bool:
         """Queue a control item, waiting up to `timeout` seconds for room (never from hooks)."""

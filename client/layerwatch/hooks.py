@@ -1,46 +1,67 @@
-"""`Watch`: forward hooks on a model's leaf modules, and the handles that remove them;
-`StepClock`: the run's step, advanced by an optimizer step hook or by `Run.step()`.
+"""`Watch`: the hooks capturing one model, and the handles that remove them;
+`StepClock`: the run's step, advanced by optimizer step hooks or by `Run.step()`.
 
 A hook costs one attribute read on a step that is not captured. On a captured step
-it reduces the module's output to a small statistics tensor on the output's device
-(see `reduce.py`) and puts it on the run's queue; it never waits for the device.
+it hands the tensor to a reduction (see `reduce.py`): inline on accelerators, where
+it queues a few kernels and never waits; on the reducer thread for CPU tensors,
+after a private copy (see `reducer.py`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from layerwatch.buffer import StatRecord
+from layerwatch.buffer import Record, SummaryRecord, TensorKey, TensorMeta
 from layerwatch.errors import ConfigError
+from layerwatch.wire import DEFAULT_BINS, DEFAULT_SAMPLE_SIZE
 
 if TYPE_CHECKING:
     import torch
     from torch.utils.hooks import RemovableHandle
 
-    from layerwatch import wire
-    from layerwatch.buffer import TensorMeta
+    from layerwatch.reducer import Reducer
 
-__all__ = ["StepClock", "Watch", "select_leaves"]
+__all__ = ["CaptureOptions", "StepClock", "Watch", "select_modules"]
 
 logger = logging.getLogger("layerwatch")
 
-Patterns = str | Iterable[str] | None
+Pattern = str | re.Pattern[str]
+Patterns = Pattern | Iterable[Pattern] | None
+Types = type | str | Iterable[type | str] | None
 _ForwardHook = Callable[["torch.nn.Module", tuple[object, ...], object], None]
 
 
+@dataclass(frozen=True)
+class CaptureOptions:
+    """What a `Watch` captures at each captured step; see `Run.watch()`."""
+
+    activations: bool = True
+    weights: bool = True
+    gradients: bool = True
+    bins: int | None = DEFAULT_BINS  # None: no histograms
+    sample_size: int = DEFAULT_SAMPLE_SIZE  # 0: exact histograms
+    unit_means: bool = True
+    weight_change: bool = True
+
+
 class Watch:
-    """Hooks recording activation statistics of a model's leaf modules; made by `Run.watch()`.
+    """Hooks capturing a model's activations, weights and gradients; made by `Run.watch()`.
 
-    Every chosen module gets one forward hook. On each captured step (see `Run` for
-    what a step is), the first forward pass run with gradients enabled records the
-    mean, std, min, max, mean absolute value, L2 norm, fraction of zeros, count of
-    non-finite values and size of each module's output.
+    On each captured step (see `Run` for what a step is): the output of every chosen
+    leaf module in the first forward pass run with gradients enabled, and every
+    chosen parameter and its gradient at the optimizer step, are each reduced to
+    statistics (mean, std, min, max, mean absolute value, L2 norm, fraction of
+    zeros, count of non-finite values, size), a histogram, per-unit means
+    (activations) and weight change (weights). The model tree with its shapes is
+    sent once, at the first forward pass.
 
-    `remove()` detaches every hook, including the optimizer step hook that `watch()`
+    `remove()` detaches every hook, including the optimizer step hooks that `watch()`
     registered; it also runs when the `Run` closes. Afterwards the model and the
     optimizer are exactly as before.
 
@@ -58,37 +79,61 @@ class Watch:
 
     def __init__(
         self,
+        model: torch.nn.Module,
         modules: list[tuple[str, torch.nn.Module]],
+        params: list[tuple[str, torch.nn.Parameter]],
         *,
         every: int,
+        options: CaptureOptions,
         clock: StepClock,
-        put: Callable[[StatRecord], bool],
-        tensors: MutableMapping[tuple[str, wire.Kind], TensorMeta],
+        put: Callable[[Record], bool],
+        reducer: Reducer,
+        tensors: MutableMapping[TensorKey, TensorMeta],
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         """Called by `Run.watch()`; not meant to be called directly."""
         import torch
 
-        from layerwatch.reduce import activation_stats, first_float_tensor
+        from layerwatch.params import ParamTracker
+        from layerwatch.reduce import Summarizer, first_float_tensor, unit_dim
+        from layerwatch.structure import TreeRecorder
 
         clock.attach(optimizer)  # first: it may refuse, and then no hook is left behind
         self._every = every
+        self._options = options
         self._clock = clock
         self._put = put
+        self._reducer = reducer
         self._tensors = tensors
         self._optimizer = optimizer
         self._names = tuple(name for name, _ in modules)
-        self._reduce = activation_stats
+        self._summarizer = Summarizer(bins=options.bins, sample_size=options.sample_size)
         self._first_float = first_float_tensor
+        self._unit_dim = unit_dim
         self._enabled = True
         self._removed = False
         self._step = clock.step
         self._capturing = clock.step % every == 0
         self._seen: set[str] = set()  # modules recorded at this step: one record per step
         self._is_grad_enabled = torch.is_grad_enabled
-        self._handles = [
-            module.register_forward_hook(self._make_hook(name)) for name, module in modules
-        ]
+        owners = dict(model.named_modules())
+        for name, param in params:
+            owner = owners.get(name.rpartition(".")[0], model)
+            dtype = str(param.dtype).removeprefix("torch.")
+            for kind in ("weight", "grad"):
+                tensors[(name, kind)] = (type(owner).__name__, tuple(param.shape), dtype)
+        self._params = ParamTracker(
+            params, summarizer=self._summarizer, emit=self._emit,
+            weights=options.weights, gradients=options.gradients,
+            weight_change=options.weight_change, follow_grads=optimizer is None,
+        )  # fmt: skip
+        self._params.capturing = self._capturing
+        self._tree = TreeRecorder(model, put)
+        self._handles = []
+        if options.activations:
+            self._handles = [
+                module.register_forward_hook(self._make_hook(name)) for name, module in modules
+            ]
         clock.watches.append(self)
 
     @property
@@ -97,9 +142,18 @@ class Watch:
         return self._names
 
     @property
+    def parameters(self) -> tuple[str, ...]:
+        """Qualified names of the watched parameters, as in `model.named_parameters()`."""
+        return self._params.names
+
+    @property
     def every(self) -> int:
         """Steps `k` with `k % every == 0` are captured."""
         return self._every
+
+    @property
+    def options(self) -> CaptureOptions:
+        return self._options
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -129,6 +183,9 @@ class Watch:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._tree.remove()
+        self._params.after_step(updated=False)  # a weight record still waiting for its ratio
+        self._params.remove()
         self._clock.detach(self)
 
     def __enter__(self) -> Watch:
@@ -146,12 +203,25 @@ class Watch:
         state = "removed" if self._removed else "active" if self._enabled else "disabled"
         return f"<Watch {len(self._names)} modules every={self._every} {state}>"
 
+    # -- called by the StepClock ---------------------------------------------------
+
+    def _before_update(self) -> None:
+        """Before the optimizer step (or at `run.step()`): weights and gradients."""
+        if self._capturing:
+            self._guarded("parameters", self._params.before_step, self._step)
+
+    def _after_update(self, *, updated: bool) -> None:
+        self._guarded("parameters", lambda: self._params.after_step(updated=updated))
+
     def _on_step(self, step: int) -> None:
         """Called by the run when the step advances (optimizer step or `run.step()`)."""
         self._step = step
         self._capturing = self._enabled and not self._removed and step % self._every == 0
+        self._params.capturing = self._capturing
         if self._seen:
             self._seen.clear()
+
+    # -- activations ---------------------------------------------------------------
 
     def _make_hook(self, name: str) -> _ForwardHook:
         seen = self._seen
@@ -162,28 +232,54 @@ class Watch:
                 return
             if name in seen or not is_grad_enabled():  # accumulation / eval pass
                 return
-            self._capture(name, module, output)
+            self._guarded(name, self._capture, name, module, output)
 
         return hook
 
     def _capture(self, name: str, module: torch.nn.Module, output: object) -> None:
+        tensor = self._first_float(output)
+        self._seen.add(name)
+        if tensor is None:  # integer or no tensor output: nothing to summarise
+            return
+        key: TensorKey = (name, "activation")
+        module_type = type(module).__name__
+        if key not in self._tensors:  # shape and dtype are host metadata: no sync
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            self._tensors[key] = (module_type, tuple(tensor.shape), dtype)
+        units = self._unit_dim(tensor.shape, module_type) if self._options.unit_means else None
+        step, numel, summarizer = self._step, tensor.numel(), self._summarizer
+        snapshot = tensor.detach()
+        if snapshot.device.type == "cpu":
+            snapshot = snapshot.clone()  # reduced later, on the reducer thread
+
+        def job(sync: bool) -> Iterable[Record]:
+            summary = summarizer.summarize(snapshot, units=units, sync=sync)
+            return [SummaryRecord(step, name, "activation", numel, summary)]
+
+        rows = 1 + (summarizer.bins is not None) + (units is not None)
+        self._emit(snapshot, job, rows)
+
+    def _emit(
+        self, tensor: torch.Tensor, job: Callable[[bool], Iterable[Record]], rows: int
+    ) -> None:
+        """Run `job` inline on accelerators (kernels queue up, nothing waits), or on the
+        reducer thread for CPU tensors."""
+        if tensor.device.type == "cpu":
+            self._reducer.submit(lambda: job(True), tensor.nbytes, rows)
+        else:
+            for record in job(False):
+                self._put(record)
+
+    def _guarded(self, where: str, function: Callable[..., object], *args: object) -> None:
         try:
-            tensor = self._first_float(output)
-            self._seen.add(name)
-            if tensor is None:  # integer or no tensor output: nothing to summarise
-                return
-            key: tuple[str, wire.Kind] = (name, "activation")
-            if key not in self._tensors:  # shape and dtype are host metadata: no sync
-                dtype = str(tensor.dtype).removeprefix("torch.")
-                self._tensors[key] = (type(module).__name__, tuple(tensor.shape), dtype)
-            stats = self._reduce(tensor)  # (NUM_STATS,) on tensor.device
-            self._put(StatRecord(self._step, name, "activation", stats, tensor.numel()))
+            function(*args)
         except Exception:
             self._enabled = False
             self._capturing = False
+            self._params.capturing = False
             logger.warning(
                 "layerwatch: disabling the watch of %d modules after its hook failed on `%s`",
-                len(self._names), name, exc_info=True,
+                len(self._names), where, exc_info=True,
             )  # fmt: skip
 
 
@@ -195,6 +291,7 @@ class StepClock:
         self.watches: list[Watch] = []
         self._optimizer: torch.optim.Optimizer | None = None
         self._handle: RemovableHandle | None = None
+        self._pre_handle: RemovableHandle | None = None
         self._users = 0  # watches that passed the optimizer
 
     @property
@@ -202,8 +299,13 @@ class StepClock:
         """True while an optimizer's step hook advances the step."""
         return self._handle is not None
 
-    def advance(self) -> None:
-        """Called after each optimizer step: by its step hook, or by `Run.step()`."""
+    def advance(self, *, manual: bool = False) -> None:
+        """Called after each optimizer step: by its step hook, or by `Run.step()`
+        (`manual`: then the weights and gradients are read now, after the update)."""
+        for watch in list(self.watches):
+            if manual:
+                watch._before_update()
+            watch._after_update(updated=not manual)
         self.step += 1
         for watch in self.watches:
             watch._on_step(self.step)
@@ -213,6 +315,7 @@ class StepClock:
         if optimizer is None:
             return
         if self._optimizer is None:
+            self._pre_handle = optimizer.register_step_pre_hook(self._on_optimizer_pre_step)
             self._handle = optimizer.register_step_post_hook(self._on_optimizer_step)
             self._optimizer = optimizer
         elif self._optimizer is not optimizer:
@@ -227,7 +330,16 @@ class StepClock:
             self._users -= 1
             if self._users == 0:
                 self._handle.remove()
-                self._handle = self._optimizer = None
+                if self._pre_handle is not None:
+                    self._pre_handle.remove()
+                self._handle = self._pre_handle = self._optimizer = None
+
+    def _on_optimizer_pre_step(
+        self, optimizer: torch.optim.Optimizer, args: object, kwargs: object
+    ) -> None:
+        """Called by torch before each `optimizer.step()`."""
+        for watch in self.watches:
+            watch._before_update()
 
     def _on_optimizer_step(
         self, optimizer: torch.optim.Optimizer, args: object, kwargs: object
@@ -236,38 +348,67 @@ class StepClock:
         self.advance()
 
 
-def select_leaves(
-    model: torch.nn.Module, include: Patterns = None, exclude: Patterns = None
+def select_modules(
+    model: torch.nn.Module,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    types: Types = None,
+    exclude_types: Types = None,
 ) -> list[tuple[str, torch.nn.Module]]:
-    """Leaf modules of `model` (no children) whose qualified name matches a pattern of
-    `include` (all when None) and none of `exclude`; `fnmatch` patterns, e.g. `"enc.*"`.
+    """The modules of `model` whose qualified name matches a pattern of `include` (all
+    when None) and none of `exclude`, and whose type is one of `types` (all when None)
+    and none of `exclude_types`.
 
-    The model itself, when it is a leaf, is named after its class.
+    A pattern is an `fnmatch` glob (`"encoder.*"`) or a compiled regular expression
+    that must match the whole name; a type is a class (subclasses match) or a class
+    name. The model itself, named `""` by `named_modules()`, is named after its class.
     """
     includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
+    wanted, unwanted = _types(types, "types"), _types(exclude_types, "exclude_types")
     chosen = []
     for name, module in model.named_modules():
-        if next(module.children(), None) is not None:
+        shown = name or type(model).__name__
+        if includes is not None and not any(_matches(shown, p) for p in includes):
             continue
-        if includes is not None and not any(fnmatch.fnmatchcase(name, p) for p in includes):
+        if any(_matches(shown, p) for p in excludes or ()):
             continue
-        if any(fnmatch.fnmatchcase(name, p) for p in excludes or ()):
+        if wanted is not None and not _is_type(module, wanted):
             continue
-        chosen.append((name or type(model).__name__, module))
-    if not chosen:
-        raise ConfigError(
-            f"no leaf module of {type(model).__name__} matches include={include!r} "
-            f"exclude={exclude!r}"
-        )
+        if unwanted and _is_type(module, unwanted):
+            continue
+        chosen.append((shown, module))
     return chosen
 
 
-def _patterns(patterns: Patterns, argument: str) -> list[str] | None:
+def _matches(name: str, pattern: Pattern) -> bool:
+    if isinstance(pattern, re.Pattern):
+        return pattern.fullmatch(name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _is_type(module: torch.nn.Module, types: list[type | str]) -> bool:
+    names = {cls.__name__ for cls in type(module).__mro__}
+    return any(t in names if isinstance(t, str) else isinstance(module, t) for t in types)
+
+
+def _patterns(patterns: Patterns, argument: str) -> list[Pattern] | None:
     if patterns is None:
         return None
-    if isinstance(patterns, str):
+    if isinstance(patterns, (str, re.Pattern)):
         return [patterns]
     result = list(patterns)
-    if not all(isinstance(p, str) for p in result):
-        raise ConfigError(f"`{argument}` takes a pattern or a list of patterns, not {patterns!r}")
+    if not all(isinstance(p, (str, re.Pattern)) for p in result):
+        raise ConfigError(
+            f"`{argument}` takes a pattern (glob or compiled regex) or a list of them, "
+            f"not {patterns!r}"
+        )
+    return result
+
+
+def _types(types: Types, argument: str) -> list[type | str] | None:
+    if types is None:
+        return None
+    result = [types] if isinstance(types, (type, str)) else list(types)
+    if not all(isinstance(t, (type, str)) for t in result):
+        raise ConfigError(f"`{argument}` takes classes or class names, not {types!r}")
     return result

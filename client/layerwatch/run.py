@@ -22,7 +22,8 @@ import pydantic
 from layerwatch import wire
 from layerwatch.buffer import Buffer, ScalarRecord
 from layerwatch.errors import ConfigError, RunClosedError
-from layerwatch.hooks import Patterns, StepClock, Watch, select_leaves
+from layerwatch.hooks import CaptureOptions, Patterns, StepClock, Types, Watch, select_modules
+from layerwatch.reducer import Reducer
 
 if TYPE_CHECKING:
     import httpx
@@ -155,6 +156,7 @@ class Run:
             tensors=self._tensors, flush_secs=flush_secs, batch_size=batch_size,
             backoff=backoff,
         )  # fmt: skip
+        self._reducer = Reducer(self._buffer.put, self._buffer.count_dropped)
         self._clock = StepClock()
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -198,26 +200,56 @@ class Run:
         every: int | None = None,
         include: Patterns = None,
         exclude: Patterns = None,
+        *,
+        types: Types = None,
+        exclude_types: Types = None,
+        activations: bool = True,
+        weights: bool = True,
+        gradients: bool = True,
+        bins: int | None = wire.DEFAULT_BINS,
+        sample_size: int = wire.DEFAULT_SAMPLE_SIZE,
+        unit_means: bool = True,
+        weight_change: bool = True,
     ) -> Watch:
-        """Record activation statistics of `model`'s leaf modules; return the `Watch`.
+        """Capture `model`'s activations, weights and gradients every `every` steps.
 
         Usage:
 
         ```python
         watch = run.watch(model, optimizer, every=100, exclude="*.dropout")
+        watch = run.watch(model, optimizer, types=[nn.Linear, nn.Conv2d], bins=128)
         ```
 
         Parameters:
 
-        * **model** - the `torch.nn.Module`; each leaf module (one without children)
-          gets one forward hook.
-        * **optimizer** - its `step()` then advances the run's step; without one,
-          call `run.step()`. One run follows one optimizer.
+        * **model** - the `torch.nn.Module` (also a `DistributedDataParallel` or
+          `torch.compile` wrapper).
+        * **optimizer** - its steps advance the run's step and mark when weights and
+          gradients are read (just before the update); without one, call `run.step()`
+          after each update (weights and gradients are then read at that call, and
+          the update-to-weight ratio is unknown). One run follows one optimizer.
         * **every** - capture steps `k` with `k % every == 0`; defaults to the run's.
-        * **include**, **exclude** - `fnmatch` patterns, or lists of them, on the
-          qualified names of `model.named_modules()`, e.g. `"encoder.*"`.
+        * **include**, **exclude** - module names to keep or leave out: `fnmatch`
+          globs (`"encoder.*"`) or compiled regular expressions matching the whole
+          qualified name of `model.named_modules()`; one or a list.
+        * **types**, **exclude_types** - module classes (or class names) to keep or
+          leave out, e.g. `types=[nn.Linear, nn.Conv2d]`.
+        * **activations** - record the output of each chosen leaf module (a module
+          without children) in the first forward pass of a captured step.
+        * **weights**, **gradients** - record the chosen modules' own parameters and
+          their gradients.
+        * **bins** - histogram bins (1-512) over each tensor's finite range; None for
+          no histograms.
+        * **sample_size** - histograms of larger tensors are estimated from a uniform
+          sample of this many elements; 0 for exact histograms. Statistics are
+          always exact.
+        * **unit_means** - record per-unit means of activations (per output feature,
+          or per channel of convolution outputs; the first 4096 units).
+        * **weight_change** - record each parameter's relative change since the
+          previous capture and since now, and the update-to-weight ratio; keeps two
+          copies of the watched parameters on their device.
 
-        Raises `ConfigError` for bad arguments, or when no module is selected.
+        Raises `ConfigError` for bad arguments, or when nothing is selected.
         """
         self._check_open()
         import torch
@@ -229,10 +261,27 @@ class Run:
                 f"`optimizer` must be a torch.optim.Optimizer, not {type(optimizer).__name__}"
             )
         every = self._every if every is None else _check_count("every", every)
-        modules = select_leaves(model, include, exclude)
+        options = _capture_options(
+            activations=activations, weights=weights, gradients=gradients, bins=bins,
+            sample_size=sample_size, unit_means=unit_means, weight_change=weight_change,
+        )  # fmt: skip
+        chosen = select_modules(model, include, exclude, types, exclude_types)
+        leaves = [(n, m) for n, m in chosen if next(m.children(), None) is None]
+        owners = {m for _, m in chosen}
+        params = [
+            (name, param)
+            for name, param in model.named_parameters()
+            if _owner(model, name) in owners
+        ]
+        if not (leaves if activations else []) and not (params if weights or gradients else []):
+            raise ConfigError(
+                f"nothing of {type(model).__name__} to watch with include={include!r} "
+                f"exclude={exclude!r} types={types!r} exclude_types={exclude_types!r}"
+            )
         return Watch(
-            modules, every=every, clock=self._clock, put=self._buffer.put,
-            tensors=self._tensors, optimizer=optimizer,
+            model, leaves, params, every=every, options=options, clock=self._clock,
+            put=self._buffer.put, reducer=self._reducer, tensors=self._tensors,
+            optimizer=optimizer,
         )  # fmt: skip
 
     def step(self) -> None:
@@ -253,7 +302,7 @@ class Run:
         if self._clock.follows_optimizer:
             self._warn_once("step", "run.step() ignored: the optimizer's steps are counted")
             return
-        self._clock.advance()
+        self._clock.advance(manual=True)
 
     def log(self, values: Mapping[str, float | torch.Tensor], step: int | None = None) -> None:
         """Record scalars, e.g. the loss, at `step` (the current step by default).
@@ -303,7 +352,10 @@ class Run:
         ```
         """
         self._check_open()
-        return self._sender.flush(self._timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        if not self._reducer.drain(max(deadline - time.monotonic(), 0.0)):
+            return False
+        return self._sender.flush(max(deadline - time.monotonic(), 0.0))
 
     def finish(self, status: wire.RunStatus = "finished", *, timeout: float | None = None) -> bool:
         """Remove the hooks, send what is queued, and mark the run `status` on the server.
@@ -327,7 +379,8 @@ class Run:
             watch.remove()
         timeout = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        self._flushed = self._sender.flush(timeout)
+        reduced = self._reducer.close(timeout)
+        self._flushed = self._sender.flush(max(deadline - time.monotonic(), 0.0)) and reduced
         # Past the deadline, a short grace for the final status update.
         self._sender.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
         if self._owns_http:
@@ -388,6 +441,28 @@ def _finish_at_exit(ref: weakref.ReferenceType[Run]) -> None:
     run = ref()
     if run is not None and not run.closed:
         run.finish("crashed" if getattr(sys, "last_value", None) is not None else "finished")
+
+
+def _capture_options(**values: object) -> CaptureOptions:
+    for flag in ("activations", "weights", "gradients", "unit_means", "weight_change"):
+        if not isinstance(values[flag], bool):
+            raise ConfigError(f"`{flag}` must be True or False, not {values[flag]!r}")
+    bins = values["bins"]
+    if bins is not None and (
+        isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= wire.MAX_BINS
+    ):
+        raise ConfigError(
+            f"`bins` must be None or an integer from 1 to {wire.MAX_BINS}, not {bins!r}"
+        )
+    size = values["sample_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ConfigError(f"`sample_size` must be 0 (exact) or a positive integer, not {size!r}")
+    return CaptureOptions(**values)  # type: ignore[arg-type]
+
+
+def _owner(model: torch.nn.Module, parameter: str) -> torch.nn.Module:
+    path = parameter.rpartition(".")[0]
+    return model.get_submodule(path) if path else model
 
 
 def _check_count(argument: str, value: object) -> int:

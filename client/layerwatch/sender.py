@@ -29,7 +29,16 @@ import pydantic
 
 from layerwatch import wire
 from layerwatch.batching import build_batch, count_records, split_batch
-from layerwatch.buffer import Buffer, FlushRequest, ScalarRecord, StatRecord, TensorMeta, Wake
+from layerwatch.buffer import (
+    Buffer,
+    FlushRequest,
+    ModelRecord,
+    Record,
+    ScalarRecord,
+    SummaryRecord,
+    TensorMeta,
+    Wake,
+)
 from layerwatch.errors import (
     DeliveryError,
     PayloadTooLargeError,
@@ -93,7 +102,7 @@ class Sender:
             target=self._main, name=f"layerwatch-sender-{run.id[:8]}", daemon=True
         )
         # Below: touched only by the sender thread (the counters are read elsewhere).
-        self._items: list[StatRecord | ScalarRecord] = []
+        self._items: list[Record] = []
         self._items_deadline = math.inf
         self._waiting: list[FlushRequest] = []
         self._seq = 0
@@ -178,7 +187,7 @@ class Sender:
     def _collect(self, timeout: float) -> None:
         item = self._buffer.get(timeout)
         while item is not None:
-            if isinstance(item, (StatRecord, ScalarRecord)):
+            if isinstance(item, _RECORDS):
                 if not self._items:
                     self._items_deadline = time.monotonic() + self._flush_secs
                 self._items.append(item)
@@ -199,7 +208,7 @@ class Sender:
             items, rank=_rank(), tensors=self._tensors, described=self._described,
             on_invalid=self._invalid,
         )  # fmt: skip
-        self._dropped += len(items) - kept
+        self._dropped += sum(item.rows for item in items) - kept
         if batch is None:
             return
         self._seq += 1
@@ -316,8 +325,8 @@ class Sender:
         self._failed_batches += 1
         self._described.difference_update((t.name, t.kind) for t in outgoing.batch.tensors)
 
-    def _drop_items(self, items: list[StatRecord | ScalarRecord]) -> None:
-        self._dropped += len(items)
+    def _drop_items(self, items: list[Record]) -> None:
+        self._dropped += sum(item.rows for item in items)
         items.clear()
 
     def _release_flushes(self) -> None:
@@ -332,7 +341,7 @@ class Sender:
     def _finish(self) -> None:
         """Called on the sender thread when stopping: count what is left, set the status."""
         while (item := self._buffer.get(0)) is not None:
-            if isinstance(item, (StatRecord, ScalarRecord)):
+            if isinstance(item, _RECORDS):
                 self._items.append(item)
             elif isinstance(item, FlushRequest):
                 item.done.set()
@@ -357,6 +366,7 @@ class Sender:
 
 
 _WAKE = Wake()
+_RECORDS = (SummaryRecord, ScalarRecord, ModelRecord)
 
 
 def _remaining(deadline: float) -> float:

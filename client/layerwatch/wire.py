@@ -33,6 +33,9 @@ from pydantic import (
 SCHEMA_VERSION: Final = 1
 MAX_NAME_LENGTH = 250
 MAX_BINS = 512
+DEFAULT_BINS = 64
+DEFAULT_SAMPLE_SIZE = 65_536
+"""Histograms of larger tensors are estimated from this many elements (client default)."""
 MAX_UNITS = 4096
 """Most units (output features, or channels) whose means one record carries."""
 MAX_PROBE_SAMPLES = 4096

@@ -7,8 +7,8 @@ import torch
 
 from layerwatch import wire
 from layerwatch.batching import build_batch, count_records, split_batch
-from layerwatch.buffer import ScalarRecord, StatRecord, TensorMeta
-from layerwatch.reduce import activation_stats
+from layerwatch.buffer import Record, ScalarRecord, SummaryRecord, TensorMeta
+from layerwatch.reduce import Summary, activation_stats
 
 
 def test_build_batch_groups_columns_and_describes_tensors_once() -> None:
@@ -64,7 +64,7 @@ def test_build_batch_leaves_out_invalid_blocks() -> None:
 
 
 def test_split_batch_halves_rows_with_fresh_ids() -> None:
-    records: list[StatRecord | ScalarRecord] = [stat_record(s, "fc", [float(s)]) for s in range(6)]
+    records: list[Record] = [stat_record(s, "fc", [float(s)]) for s in range(6)]
     records.append(stat_record(0, "out", [1.0]))
     records += [ScalarRecord(s, "loss", float(s), 0.0) for s in range(4)]
     meta = ("Linear", (1,), "float32")
@@ -90,5 +90,6 @@ def _fail(model: str, exc: pydantic.ValidationError) -> None:
     raise AssertionError(f"{model}: {exc}")
 
 
-def stat_record(step: int, name: str, values: list[float]) -> StatRecord:
-    return StatRecord(step, name, "activation", activation_stats(torch.tensor(values)), len(values))
+def stat_record(step: int, name: str, values: list[float]) -> SummaryRecord:
+    summary = Summary(activation_stats(torch.tensor(values)), None, None, None)
+    return SummaryRecord(step, name, "activation", len(values), summary)

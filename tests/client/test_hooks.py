@@ -146,7 +146,7 @@ def test_include_and_exclude_select_leaf_modules(make_run: MakeRun) -> None:
     assert run.watch(model, include=["head", "enc.1"]).names == ("enc.1", "head")
     assert run.watch(model, exclude=("enc.*",)).names == ("head",)
     assert run.watch(nn.Linear(2, 2)).names == ("Linear",)  # a leaf model is named by class
-    with pytest.raises(layerwatch.ConfigError, match="matches"):
+    with pytest.raises(layerwatch.ConfigError, match="nothing of"):
         run.watch(model, include="decoder.*")
     with pytest.raises(layerwatch.ConfigError):
         run.watch(model, every=0)
@@ -179,8 +179,9 @@ def test_remove_leaves_model_and_optimizer_as_before(make_run: MakeRun) -> None:
     run = make_run(every=1)
     watch = run.watch(model, optimizer)
     assert watch.active
-    assert all(len(model[int(n)]._forward_hooks) == 1 for n in LEAVES)
+    assert all(len(model[int(n)]._forward_hooks) == 2 for n in LEAVES)  # + the tree's
     assert len(optimizer._optimizer_step_post_hooks) == 1
+    assert len(optimizer._optimizer_step_pre_hooks) == 1
     with torch.no_grad():
         model(torch.randn(2, 4))
     watch.remove()
@@ -217,7 +218,7 @@ def test_one_run_follows_one_optimizer(make_run: MakeRun) -> None:
     with pytest.raises(layerwatch.ConfigError, match="one optimizer"):
         run.watch(model, other)
     assert not other._optimizer_step_post_hooks
-    assert [len(m._forward_hooks) for m in model] == [1, 1, 1]  # the refused watch left none
+    assert [len(m._forward_hooks) for m in model] == [2, 2, 2]  # the refused watch left none
 
 
 def test_run_step_is_ignored_when_the_optimizer_counts(
@@ -241,14 +242,14 @@ def test_failing_hook_disables_its_watch_once(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(tensor: torch.Tensor) -> torch.Tensor:
+    def broken(output: object) -> torch.Tensor:
         raise RuntimeError("boom")
 
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     run = make_run(every=1)
-    monkeypatch.setattr(layerwatch.reduce, "activation_stats", broken)
-    watch = run.watch(model, optimizer)
+    monkeypatch.setattr(layerwatch.reduce, "first_float_tensor", broken)
+    watch = run.watch(model, optimizer, weights=False, gradients=False)
     with caplog.at_level(logging.WARNING, logger="layerwatch"):
         for _ in range(3):
             train_step(model, optimizer)  # training goes on
@@ -298,9 +299,15 @@ def test_tensor_metadata_is_sent_once(server: FakeServer, make_run: MakeRun) -> 
     for _ in range(3):
         train_step(model, optimizer, batch=5)
         assert run.flush(5)  # one batch per step
-    infos = [t for b in server.batches.values() for t in b.tensors]
+    infos = [(t.name, t.kind) for b in server.batches.values() for t in b.tensors]
     assert len(server.batches) == 3
-    assert sorted(t.name for t in infos) == LEAVES
+    params = [f"{n}.{p}" for n in ("0", "2") for p in ("bias", "weight")]
+    assert sorted(infos) == sorted(
+        [(n, "activation") for n in LEAVES] + [(p, k) for p in params for k in ("weight", "grad")]
+    )
+    assert server.tensors()[("0.weight", "grad")] == wire.TensorInfo(
+        name="0.weight", kind="grad", module_type="Linear", shape=[8, 4], dtype="float32"
+    )
     assert server.tensors()[("0", "activation")] == wire.TensorInfo(
         name="0", kind="activation", module_type="Linear", shape=[5, 8], dtype="float32"
     )

@@ -250,7 +250,10 @@ def test_training_on_digits(server: FakeServer, make_run: MakeRun) -> None:
     assert watch.names == ("0", "1", "3")
     assert server.statuses == {run.id: "finished"}
     stats = server.stats()
-    assert set(stats) == {("0", "activation"), ("1", "activation"), ("3", "activation")}
+    params = [f"{n}.{p}" for n in ("0", "3") for p in ("weight", "bias")]
+    assert set(stats) == {("0", "activation"), ("1", "activation"), ("3", "activation")} | {
+        (p, kind) for p in params for kind in ("weight", "grad")
+    }
     assert all(sorted(per_step) == list(range(0, 40, 5)) for per_step in stats.values())
     relu = stats[("1", "activation")]
     assert all(row["min"] >= 0 and 0 < row["zero_frac"] < 1 for row in relu.values())
@@ -261,6 +264,8 @@ def test_training_on_digits(server: FakeServer, make_run: MakeRun) -> None:
     assert sorted(scalars["val_acc"]) == [20, 40]
     assert scalars["val_acc"][40] > 0.8
     assert run.counters.dropped == 0
-    assert run.counters.sent == 3 * 8 + 40 + 2 + 2
+    # per capture: 3 activations (stats, histogram, unit means), 4 weights (stats,
+    # histogram, change), 4 gradients (stats, histogram); plus scalars and the tree
+    assert run.counters.sent == 8 * (3 * 3 + 4 * 3 + 4 * 2) + 40 + 2 + 2 + 1
     assert not any(m._forward_hooks for m in model.modules())
     assert not optimizer._optimizer_step_post_hooks
