@@ -184,7 +184,7 @@ class Watch:
             handle.remove()
         self._handles.clear()
         self._tree.remove()
-        self._params.after_step(updated=False)  # a weight record still waiting for its ratio
+        self._params.after_step(self._step, updated=False)  # a weight record waiting for it
         self._params.remove()
         self._clock.detach(self)
 
@@ -211,7 +211,7 @@ class Watch:
             self._guarded("parameters", self._params.before_step, self._step)
 
     def _after_update(self, *, updated: bool) -> None:
-        self._guarded("parameters", lambda: self._params.after_step(updated=updated))
+        self._guarded("parameters", lambda: self._params.after_step(self._step, updated=updated))
 
     def _on_step(self, step: int) -> None:
         """Called by the run when the step advances (optimizer step or `run.step()`)."""
@@ -257,15 +257,19 @@ class Watch:
             return [SummaryRecord(step, name, "activation", numel, summary)]
 
         rows = 1 + (summarizer.bins is not None) + (units is not None)
-        self._emit(snapshot, job, rows)
+        self._emit(snapshot.device, job, rows, snapshot.nbytes)
 
     def _emit(
-        self, tensor: torch.Tensor, job: Callable[[bool], Iterable[Record]], rows: int
+        self,
+        device: torch.device,
+        job: Callable[[bool], Iterable[Record]],
+        rows: int,
+        nbytes: int,
     ) -> None:
         """Run `job` inline on accelerators (kernels queue up, nothing waits), or on the
         reducer thread for CPU tensors."""
-        if tensor.device.type == "cpu":
-            self._reducer.submit(lambda: job(True), tensor.nbytes, rows)
+        if device.type == "cpu":
+            self._reducer.submit(lambda: job(True), nbytes, rows)
         else:
             for record in job(False):
                 self._put(record)

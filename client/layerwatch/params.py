@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Emit", "ParamTracker"]
 
-Emit = Callable[[torch.Tensor, Callable[[bool], Iterable[Record]], int], None]
-"""Run a job on the tensors' device: `emit(tensor, job, rows)` calls `job(sync)` inline
-or on the reducer thread; `tensor` tells the device and the bytes held."""
+Emit = Callable[["torch.device", Callable[[bool], Iterable[Record]], int, int], None]
+"""Run a job on a device: `emit(device, job, rows, nbytes)` calls `job(sync)` inline or on
+the reducer thread; `rows` are counted as dropped if it cannot run, `nbytes` is what it
+holds."""
 
 _NAN = math.nan
 
@@ -67,8 +68,11 @@ class ParamTracker:
         self._change = weights and weight_change
         self._states: dict[str, _State] = {}
         self._handles: list[RemovableHandle] = []
-        self.capturing = False
         self._awaiting_update = False  # weights captured before this step's update
+        # Weights after the last captured update, and its step: they are also the
+        # weights before the next step, so with every=1 one copy per step serves both.
+        self._after: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.capturing = False
         with torch.no_grad():
             for name, param in params:
                 init = param.detach().clone() if self._change else None
@@ -76,9 +80,8 @@ class ParamTracker:
         if gradients and follow_grads:
             for state in self._states.values():
                 if state.param.requires_grad:
-                    hook = self._make_grad_hook(state)
                     register = state.param.register_post_accumulate_grad_hook
-                    self._handles.append(register(hook))  # type: ignore[no-untyped-call]
+                    self._handles.append(register(self._make_grad_hook(state)))  # type: ignore[no-untyped-call]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -89,71 +92,74 @@ class ParamTracker:
             handle.remove()
         self._handles.clear()
         self.capturing = False
+        self._after = None
 
     def before_step(self, step: int) -> None:
-        """At a captured step, before the update: weights and the step's gradients."""
+        """At captured step `step`, before its update: weights and gradients."""
+        after = self._after[1] if self._after is not None and self._after[0] == step - 1 else {}
+        self._after = None
+        grads: list[tuple[str, torch.Tensor]] = []
+        weights: list[tuple[str, _State, torch.Tensor]] = []
         with torch.no_grad():
             for name, state in self._states.items():
                 if self._gradients:
                     grad = state.param.grad if state.grad is None else state.grad
                     state.grad = None
                     if grad is not None:
-                        self._capture_grad(step, name, grad)
+                        grads.append((name, _private(grad, keep=False)))
                 if self._weights:
-                    self._capture_weight(step, name, state)
-        self._awaiting_update = self._change
+                    weight = after.get(name)
+                    if weight is None:
+                        weight = _private(state.param, keep=self._change)
+                    weights.append((name, state, weight))
+        summarizer, change = self._summarizer, self._change
 
-    def after_step(self, *, updated: bool = True) -> None:
-        """After the update of a captured step: its update-to-weight ratio. With
+        def job(sync: bool) -> Iterable[Record]:
+            records: list[Record] = []
+            for name, grad in grads:
+                summary = summarizer.summarize(grad, units=None, sync=sync)
+                records.append(SummaryRecord(step, name, "grad", grad.numel(), summary))
+            for name, state, weight in weights:
+                summary = summarizer.summarize(weight, units=None, sync=sync)
+                if change:
+                    records += _hold_weight(step, name, state, weight, summary)
+                else:
+                    records.append(SummaryRecord(step, name, "weight", weight.numel(), summary))
+            return records
+
+        hist = summarizer.bins is not None
+        rows = len(grads) * (1 + hist) + len(weights) * (1 + hist + change)
+        self._emit_grouped([t for _, t in grads] + [w for _, _, w in weights], job, rows)
+        self._awaiting_update = change
+
+    def after_step(self, step: int, *, updated: bool = True) -> None:
+        """After the update of captured step `step`: its update-to-weight ratio. With
         `updated=False` (the update was not seen) the ratio is sent as NaN."""
         if not self._awaiting_update:
             return
         self._awaiting_update = False
-        with torch.no_grad():
-            for name, state in self._states.items():
-                self._finish_weight(name, state, state.param if updated else None)
-
-    # -- per parameter ---------------------------------------------------------------
-
-    def _capture_grad(self, step: int, name: str, grad: torch.Tensor) -> None:
-        numel, summarizer = grad.numel(), self._summarizer
-        snapshot = _private(grad, keep=False)
+        afters: dict[str, torch.Tensor] = {}
+        if updated:
+            with torch.no_grad():
+                afters = {n: _private(s.param, keep=True) for n, s in self._states.items()}
+            self._after = (step, afters)
+        states = self._states
 
         def job(sync: bool) -> Iterable[Record]:
-            summary = summarizer.summarize(snapshot, units=None, sync=sync)
-            return [SummaryRecord(step, name, "grad", numel, summary)]
+            return [
+                _pending_record(name, state, afters.get(name))
+                for name, state in states.items()
+                if state.pending is not None
+            ]
 
-        self._emit(snapshot, job, 1 + (summarizer.bins is not None))
+        self._emit_grouped(list(afters.values()), job, 0)
 
-    def _capture_weight(self, step: int, name: str, state: _State) -> None:
-        summarizer, change = self._summarizer, self._change
-        snapshot = _private(state.param, keep=change)
-
-        def job(sync: bool) -> Iterable[Record]:
-            summary = summarizer.summarize(snapshot, units=None, sync=sync)
-            if not change:
-                return [SummaryRecord(step, name, "weight", snapshot.numel(), summary)]
-            records = [] if state.pending is None else [_pending_record(name, state, None)]
-            assert state.init is not None
-            since_init = relative_change(snapshot, state.init)
-            if state.prev is None:
-                since_prev = torch.full_like(since_init, _NAN)
-            else:
-                since_prev = relative_change(snapshot, state.prev)
-            state.prev = snapshot
-            state.pending = (step, snapshot, summary, torch.stack([since_prev, since_init]))
-            return records  # sent with the update ratio, after the step
-
-        self._emit(snapshot, job, 1 + change + (summarizer.bins is not None))
-
-    def _finish_weight(self, name: str, state: _State, after: torch.Tensor | None) -> None:
-        """Send the pending weight record with the ratio of the update that led to `after`."""
-        snapshot = None if after is None else _private(after, keep=True)
-
-        def job(sync: bool) -> Iterable[Record]:
-            return [] if state.pending is None else [_pending_record(name, state, snapshot)]
-
-        self._emit(state.param.new_empty(0) if snapshot is None else snapshot, job, 0)
+    def _emit_grouped(
+        self, tensors: list[torch.Tensor], job: Callable[[bool], Iterable[Record]], rows: int
+    ) -> None:
+        devices = {t.device for t in tensors} or {s.param.device for s in self._states.values()}
+        device = devices.pop() if len(devices) == 1 else torch.device("meta")
+        self._emit(device, job, rows, sum(t.nbytes for t in tensors))
 
     def _make_grad_hook(self, state: _State) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
@@ -161,6 +167,23 @@ class ParamTracker:
                 state.grad = param.grad  # a reference, read at `Run.step()`
 
         return hook
+
+
+def _hold_weight(
+    step: int, name: str, state: _State, weight: torch.Tensor, summary: Summary
+) -> list[Record]:
+    """Keep the weight record of `step` until its update ratio is known; return the
+    record still waiting from an earlier step, if its update was never seen."""
+    records: list[Record] = [] if state.pending is None else [_pending_record(name, state, None)]
+    assert state.init is not None
+    since_init = relative_change(weight, state.init)
+    if state.prev is None:
+        since_prev = torch.full_like(since_init, _NAN)
+    else:
+        since_prev = relative_change(weight, state.prev)
+    state.prev = weight
+    state.pending = (step, weight, summary, torch.stack([since_prev, since_init]))
+    return records
 
 
 def _pending_record(name: str, state: _State, after: torch.Tensor | None) -> SummaryRecord:

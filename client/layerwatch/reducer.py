@@ -12,8 +12,8 @@ training.
 
 from __future__ import annotations
 
-import collections
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable
 
@@ -29,7 +29,11 @@ Job = Callable[[], Iterable[Record]]
 
 
 class Reducer:
-    """One daemon thread running `Job`s in submission order; its results go to `put`."""
+    """One daemon thread running `Job`s in submission order; its results go to `put`.
+
+    `submit` takes no lock the thread holds while it works: a `SimpleQueue` carries
+    the jobs, and the byte count is approximate under races (by one job at most).
+    """
 
     def __init__(
         self,
@@ -40,13 +44,15 @@ class Reducer:
         self._put = put
         self._count_dropped = count_dropped
         self._max_pending_bytes = max_pending_bytes
-        self._jobs: collections.deque[tuple[Job, int, int]] = collections.deque()
+        self._jobs: queue.SimpleQueue[tuple[Job, int, int] | None] = queue.SimpleQueue()
         self._pending_bytes = 0
-        self._busy = False
+        self._submitted = 0
+        self._done = 0
+        self._idle = threading.Condition()
         self._closed = False
-        self._condition = threading.Condition()
-        self._thread: threading.Thread | None = None
         self._failed = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def submit(self, job: Job, nbytes: int, rows: int) -> bool:
         """Queue `job` (holding `nbytes` of tensor copies, making `rows` rows); never blocks.
@@ -54,51 +60,52 @@ class Reducer:
         Returns False, counting `rows` as dropped, when the pending copies would pass
         the bound or the reducer is closed.
         """
-        with self._condition:
-            if self._closed or (
-                self._pending_bytes and self._pending_bytes + nbytes > self._max_pending_bytes
-            ):
-                refused = True
-            else:
-                refused = False
-                self._jobs.append((job, nbytes, rows))
-                self._pending_bytes += nbytes
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._main, name="layerwatch-reducer", daemon=True
-                    )
-                    self._thread.start()
-                self._condition.notify_all()
-        if refused:
+        pending = self._pending_bytes
+        if self._closed or (pending and pending + nbytes > self._max_pending_bytes):
             self._count_dropped(rows)
-        return not refused
+            return False
+        if self._thread is None:
+            self._start()
+        self._pending_bytes += nbytes
+        self._submitted += 1
+        self._jobs.put((job, nbytes, rows))
+        return True
 
     def drain(self, timeout: float | None) -> bool:
         """Wait until every job submitted so far has run; True if that happened in time."""
-        with self._condition:
-            return self._condition.wait_for(lambda: not self._jobs and not self._busy, timeout)
+        target = self._submitted
+        with self._idle:
+            return self._idle.wait_for(lambda: self._done >= target, timeout)
 
     def close(self, timeout: float | None) -> bool:
         """Run what is queued (waiting at most `timeout` seconds), then stop the thread."""
         drained = self.drain(timeout)
-        with self._condition:
-            self._closed = True
-            dropped = sum(rows for _, _, rows in self._jobs)
-            self._jobs.clear()
-            self._pending_bytes = 0
-            self._condition.notify_all()
+        self._closed = True
+        dropped = 0
+        while True:  # what did not run in time
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                dropped += item[2]
+                self._finished(item[1])
+        self._jobs.put(None)  # stops the thread once the job in hand is done
         if dropped:
             self._count_dropped(dropped)
         return drained
 
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._main, name="layerwatch-reducer", daemon=True
+                )
+                self._thread.start()
+
     def _main(self) -> None:
-        while True:
-            with self._condition:
-                self._condition.wait_for(lambda: self._jobs or self._closed)
-                if not self._jobs:
-                    return
-                job, nbytes, rows = self._jobs.popleft()
-                self._busy = True
+        while (item := self._jobs.get()) is not None:
+            job, nbytes, rows = item
             try:
                 for record in job():
                     self._put(record)
@@ -108,7 +115,10 @@ class Reducer:
                     self._failed = True
                     logger.warning("layerwatch: a reduction failed; dropping it", exc_info=True)
             finally:
-                with self._condition:
-                    self._busy = False
-                    self._pending_bytes -= nbytes
-                    self._condition.notify_all()
+                self._finished(nbytes)
+
+    def _finished(self, nbytes: int) -> None:
+        self._pending_bytes -= nbytes
+        with self._idle:
+            self._done += 1
+            self._idle.notify_all()

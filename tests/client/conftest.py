@@ -120,6 +120,22 @@ class FakeServer:
                 rows.setdefault(block.name, {}).update(zip(block.steps, block.values, strict=True))
         return rows
 
+    def rows(self, field: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+        """(name, kind) -> step -> column -> value of the `field` blocks (e.g. "histograms")."""
+        rows: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        for batch in self.batches.values():
+            for block in getattr(batch, field):
+                columns = {k: v for k, v in block if isinstance(v, list) and k != "steps"}
+                kind = getattr(block, "kind", "weight")
+                for i, step in enumerate(block.steps):
+                    per_step = rows.setdefault((block.name, kind), {})
+                    assert step not in per_step, f"{block.name} sent twice for step {step}"
+                    per_step[step] = {k: v[i] for k, v in columns.items()}
+        return rows
+
+    def models(self) -> list[wire.ModelTree]:
+        return [tree for batch in self.batches.values() for tree in batch.models]
+
     def tensors(self) -> dict[tuple[str, str], wire.TensorInfo]:
         return {(t.name, t.kind): t for b in self.batches.values() for t in b.tensors}
 

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from layerwatch import wire
-from layerwatch.reduce import NUM_STATS, activation_stats, first_float_tensor
+from layerwatch.reduce import (
+    NUM_STATS,
+    Summarizer,
+    activation_stats,
+    first_float_tensor,
+    relative_change,
+    unit_dim,
+)
 
 
 def reference(values: np.ndarray) -> dict[str, float]:
@@ -37,7 +44,14 @@ def named(tensor: torch.Tensor) -> dict[str, float]:
 
 
 def check(tensor: torch.Tensor, *, rtol: float = 1e-4) -> None:
-    stats = activation_stats(tensor)
+    """Both paths, the one that never reads back and the CPU one that may, agree with NumPy."""
+    general = activation_stats(tensor)
+    fast = Summarizer(bins=None).summarize(tensor, units=None, sync=True).stats
+    for stats in (general, fast):
+        check_stats(tensor, stats, rtol=rtol)
+
+
+def check_stats(tensor: torch.Tensor, stats: torch.Tensor, *, rtol: float) -> None:
     assert stats.shape == (NUM_STATS,)
     assert stats.dtype == torch.float32
     assert stats.device == tensor.device
@@ -151,3 +165,33 @@ def test_float32_even_with_a_float64_default() -> None:
         assert activation_stats(torch.randn(3, 3)).dtype == torch.float32
     finally:
         torch.set_default_dtype(previous)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    hnp.arrays(np.float32, hnp.array_shapes(max_dims=2, max_side=30), elements=floats),
+    st.integers(1, 40),
+    st.booleans(),
+)
+def test_histogram_bins_every_finite_value_once(values: np.ndarray, bins: int, sync: bool) -> None:
+    summary = Summarizer(bins=bins).summarize(torch.from_numpy(values), units=None, sync=sync)
+    assert summary.counts is not None
+    counts = summary.counts.numpy()
+    finite = values[np.isfinite(values)].astype(np.float64)
+    assert counts.shape == (bins,)
+    assert counts.sum() == finite.size
+    assert summary.sample_size is None
+    if finite.size and finite.min() < finite.max():
+        want, _ = np.histogram(finite, bins=bins, range=(finite.min(), finite.max()))
+        assert np.abs(counts - want).sum() <= 2 * max(1, finite.size // 100)  # edge rounding
+
+
+def test_relative_change_and_unit_dims() -> None:
+    old, new = torch.tensor([3.0, 4.0]), torch.tensor([3.0, 5.0])
+    assert relative_change(new, old).item() == pytest.approx(1 / 5)
+    assert math.isnan(relative_change(old, torch.zeros(2)).item()) is False  # x/0 = inf
+    assert unit_dim((8, 16), "Linear") == 1
+    assert unit_dim((8, 3, 5, 5), "ReLU") == 1
+    assert unit_dim((8, 3, 20), "Conv1d") == 1
+    assert unit_dim((8, 20, 64), "Linear") == 2  # (batch, time, features)
+    assert unit_dim((8,), "Linear") is None
