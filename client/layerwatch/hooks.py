@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from layerwatch import wire
 from layerwatch.buffer import Record, SummaryRecord, TensorKey, TensorMeta
 from layerwatch.errors import ConfigError
 from layerwatch.wire import DEFAULT_BINS, DEFAULT_SAMPLE_SIZE
@@ -25,9 +26,17 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.hooks import RemovableHandle
 
+    from layerwatch.probe import ProbeSet
     from layerwatch.reducer import Reducer
 
-__all__ = ["CaptureOptions", "StepClock", "Watch", "select_modules"]
+__all__ = [
+    "CaptureOptions",
+    "ProbeConfig",
+    "StepClock",
+    "Watch",
+    "select_leaves",
+    "select_modules",
+]
 
 logger = logging.getLogger("layerwatch")
 
@@ -48,6 +57,16 @@ class CaptureOptions:
     sample_size: int = DEFAULT_SAMPLE_SIZE  # 0: exact histograms
     unit_means: bool = True
     weight_change: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probe of a `Watch`: its inputs, how often it runs, and its caps."""
+
+    probe_set: ProbeSet
+    every: int | None  # steps; None: only at `Run.probe()`
+    features: int
+    submit: Callable[[wire.Probe, int], bool]
 
 
 class Watch:
@@ -90,6 +109,7 @@ class Watch:
         reducer: Reducer,
         tensors: MutableMapping[TensorKey, TensorMeta],
         optimizer: torch.optim.Optimizer | None = None,
+        probe: ProbeConfig | None = None,
     ) -> None:
         """Called by `Run.watch()`; not meant to be called directly."""
         import torch
@@ -107,6 +127,9 @@ class Watch:
         self._tensors = tensors
         self._optimizer = optimizer
         self._names = tuple(name for name, _ in modules)
+        self._model = model
+        self._modules = modules
+        self._probe = probe
         self._summarizer = Summarizer(bins=options.bins, sample_size=options.sample_size)
         self._first_float = first_float_tensor
         self._unit_dim = unit_dim
@@ -159,6 +182,11 @@ class Watch:
     def optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer whose steps advance the run's step, if one was given."""
         return self._optimizer
+
+    @property
+    def has_probe(self) -> bool:
+        """True when `Run.watch()` was given probe inputs."""
+        return self._probe is not None
 
     @property
     def active(self) -> bool:
@@ -220,6 +248,26 @@ class Watch:
         self._params.capturing = self._capturing
         if self._seen:
             self._seen.clear()
+        if self._probe is not None and self._probe.every and step % self._probe.every == 0:
+            self.probe()
+
+    def probe(self) -> int:
+        """Run the probe inputs through the model now (in eval mode, without gradients,
+        leaving its state as it was) and queue the payloads; return how many. Only rank 0
+        of a distributed run probes."""
+        if self._probe is None or self._removed or _rank() != 0:
+            return 0
+        from layerwatch.probe import run_probe
+
+        config = self._probe
+        payloads = run_probe(
+            self._model, config.probe_set, self._modules, step=self._step,
+            features=config.features,
+        )  # fmt: skip
+        for payload in payloads:
+            size = sum(len(layer.features) + len(layer.maps or b"") for layer in payload.layers)
+            config.submit(payload, size)
+        return len(payloads)
 
     # -- activations ---------------------------------------------------------------
 
@@ -384,6 +432,14 @@ def select_modules(
     return chosen
 
 
+def select_leaves(
+    model: torch.nn.Module, include: Patterns = None, exclude: Patterns = None
+) -> list[tuple[str, torch.nn.Module]]:
+    """The leaf modules (those without children) among `select_modules()`."""
+    chosen = select_modules(model, include, exclude)
+    return [(name, module) for name, module in chosen if next(module.children(), None) is None]
+
+
 def _matches(name: str, pattern: Pattern) -> bool:
     if isinstance(pattern, re.Pattern):
         return pattern.fullmatch(name) is not None
@@ -416,3 +472,9 @@ def _types(types: Types, argument: str) -> list[type | str] | None:
     if not all(isinstance(t, (type, str)) for t in result):
         raise ConfigError(f"`{argument}` takes classes or class names, not {types!r}")
     return result
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0

@@ -22,7 +22,15 @@ import pydantic
 from layerwatch import wire
 from layerwatch.buffer import Buffer, ScalarRecord
 from layerwatch.errors import ConfigError, RunClosedError
-from layerwatch.hooks import CaptureOptions, Patterns, StepClock, Types, Watch, select_modules
+from layerwatch.hooks import (
+    CaptureOptions,
+    Patterns,
+    ProbeConfig,
+    StepClock,
+    Types,
+    Watch,
+    select_modules,
+)
 from layerwatch.reducer import Reducer
 
 if TYPE_CHECKING:
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from layerwatch.buffer import TensorMeta
+    from layerwatch.probe import ProbeInputs
     from layerwatch.sender import Counters, Sender
 
 __all__ = ["DEFAULT_SERVER", "Run"]
@@ -210,6 +219,9 @@ class Run:
         sample_size: int = wire.DEFAULT_SAMPLE_SIZE,
         unit_means: bool = True,
         weight_change: bool = True,
+        probe: ProbeInputs | tuple[ProbeInputs, torch.Tensor | None] | None = None,
+        probe_every: int | None = None,
+        probe_features: int = 1024,
     ) -> Watch:
         """Capture `model`'s activations, weights and gradients every `every` steps.
 
@@ -248,6 +260,16 @@ class Run:
         * **weight_change** - record each parameter's relative change since the
           previous capture and since now, and the update-to-weight ratio; keeps two
           copies of the watched parameters on their device.
+        * **probe** - fixed held-out inputs, `(inputs, labels)` or just inputs
+          (a tensor, a tuple of tensors, or a dict of keyword tensors), at most 1024
+          samples. At each probe, the model runs on them in eval mode without
+          gradients, and every chosen leaf module's output for every sample is sent
+          (float16; pooled or truncated to `probe_features` values per sample, see
+          `layerwatch.probe`), with the labels and the predictions. The model's
+          modes, gradients, RNG state and BatchNorm statistics are left as they were.
+        * **probe_every** - probe when the step reaches a multiple of this; None
+          (default) probes only when `run.probe()` is called, e.g. after each epoch.
+        * **probe_features** - most values kept per sample and layer (1-16384).
 
         Raises `ConfigError` for bad arguments, or when nothing is selected.
         """
@@ -261,6 +283,7 @@ class Run:
                 f"`optimizer` must be a torch.optim.Optimizer, not {type(optimizer).__name__}"
             )
         every = self._every if every is None else _check_count("every", every)
+        probe_config = self._probe_config(probe, probe_every, probe_features)
         options = _capture_options(
             activations=activations, weights=weights, gradients=gradients, bins=bins,
             sample_size=sample_size, unit_means=unit_means, weight_change=weight_change,
@@ -281,8 +304,43 @@ class Run:
         return Watch(
             model, leaves, params, every=every, options=options, clock=self._clock,
             put=self._buffer.put, reducer=self._reducer, tensors=self._tensors,
-            optimizer=optimizer,
+            optimizer=optimizer, probe=probe_config,
         )  # fmt: skip
+
+    def probe(self) -> int:
+        """Probe every watched model given `probe=` now, at the current step, e.g. at the
+        end of each epoch; return the number of payloads queued.
+
+        Usage:
+
+        ```python
+        run.watch(model, optimizer, probe=(x_val[:512], y_val[:512]))
+        for epoch in range(epochs):
+            train_one_epoch()
+            run.probe()
+        ```
+        """
+        self._check_open()
+        watches = [w for w in self._clock.watches if w.has_probe]
+        if not watches:
+            self._warn_once("probe", "run.probe() ignored: no watch was given `probe=`")
+        return sum(watch.probe() for watch in watches)
+
+    def _probe_config(self, probe: object, every: int | None, features: int) -> ProbeConfig | None:
+        if probe is None:
+            if every is not None:
+                raise ConfigError("`probe_every` needs `probe=` inputs")
+            return None
+        from layerwatch.probe import ProbeSet, check_probe_options
+
+        every = None if every is None else _check_count("probe_every", every)
+        check_probe_options(features=features, maps=16, map_size=32, max_channels=64,
+                            batch_size=256)  # fmt: skip
+        if isinstance(probe, tuple) and len(probe) == 2:
+            inputs, labels = probe
+        else:
+            inputs, labels = probe, None
+        return ProbeConfig(ProbeSet(inputs, labels), every, features, self._sender.submit_probe)
 
     def step(self) -> None:
         """End the current step: call once after each optimizer step, when `watch()`

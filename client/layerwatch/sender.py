@@ -12,6 +12,7 @@ the training thread: problems are logged and counted.
 
 from __future__ import annotations
 
+import collections
 import email.utils
 import gzip
 import logging
@@ -53,6 +54,7 @@ __all__ = ["Counters", "Sender"]
 logger = logging.getLogger("layerwatch")
 
 RETRY_STATUS_CODES = frozenset({429, 502, 503, 504})
+MAX_PROBE_QUEUE_BYTES = 256 * 1024 * 1024
 GZIP_MIN_BYTES = 16 * 1024
 _IDLE_WAIT = 0.5  # seconds; how often an idle sender looks at the stop flag
 
@@ -115,6 +117,11 @@ class Sender:
         self._sent = 0
         self._dropped = 0
         self._failed_batches = 0
+        # Probe payloads: big and rare, so a queue of their own bounded in bytes; they
+        # go after the batches waiting (probes are kept in memory only).
+        self._probes: collections.deque[tuple[wire.Probe, int]] = collections.deque()
+        self._probe_bytes = 0
+        self._probe_lock = threading.Lock()
 
     @property
     def counters(self) -> Counters:
@@ -126,6 +133,18 @@ class Sender:
 
     def start(self) -> None:
         self._thread.start()
+
+    def submit_probe(self, probe: wire.Probe, nbytes: int) -> bool:
+        """Queue a probe payload of about `nbytes`; drop and count it past the bound."""
+        with self._probe_lock:
+            if self._probe_bytes and self._probe_bytes + nbytes > MAX_PROBE_QUEUE_BYTES:
+                self._dropped += len(probe.layers) or 1
+                self._log_once("probes", logging.WARNING, "too many probes waiting; dropping")
+                return False
+            self._probes.append((probe, nbytes))
+            self._probe_bytes += nbytes
+        self._buffer.put_control(_WAKE, 0)
+        return True
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record queued before this call is sent or given up."""
@@ -178,7 +197,7 @@ class Sender:
         deadlines = []
         if self._items:
             deadlines.append(self._items_deadline)
-        if len(self._spool) or self._run_state == "new":
+        if len(self._spool) or self._probes or self._run_state == "new":
             deadlines.append(self._next_attempt)
         if not deadlines:
             return _IDLE_WAIT
@@ -228,12 +247,15 @@ class Sender:
             outgoing = self._spool.peek()
             if outgoing is not None and self._run_state == "created":
                 self._send(outgoing)
+            elif self._probes and self._run_state == "created":
+                self._send_probe()
         except RetryableError as exc:
             self._back_off(exc)
             return
         if self._run_state == "refused":  # nothing can ever be delivered
             while len(self._spool):
                 self._give_up(self._spool.pop())
+            self._drop_probes()
 
     def _create_run(self) -> None:
         try:
@@ -257,6 +279,36 @@ class Sender:
         self._sent += outgoing.records
         self._missing = False
         self._recovered()
+
+    def _send_probe(self) -> None:
+        probe, nbytes = self._probes[0]
+        rows = len(probe.layers) or 1
+        try:
+            self._request("POST", f"{self._run_url}/probes", probe.model_dump_json().encode())
+        except RejectedError as exc:
+            if isinstance(exc, PayloadTooLargeError) and len(probe.layers) > 1:
+                half = len(probe.layers) // 2
+                first = probe.model_copy(update={"layers": probe.layers[:half]})
+                second = probe.model_copy(update={"layers": probe.layers[half:]})
+                with self._probe_lock:
+                    self._probes.popleft()
+                    self._probes.extendleft([(second, nbytes // 2), (first, nbytes - nbytes // 2)])
+                return
+            self._log_once(f"probe {exc.status_code}", logging.WARNING, f"probe refused: {exc}")
+            self._dropped += rows
+        else:
+            self._sent += rows
+            self._recovered()
+        with self._probe_lock:
+            if self._probes and self._probes[0][0] is probe:
+                self._probes.popleft()
+                self._probe_bytes -= nbytes
+
+    def _drop_probes(self) -> None:
+        with self._probe_lock:
+            self._dropped += sum(len(p.layers) or 1 for p, _ in self._probes)
+            self._probes.clear()
+            self._probe_bytes = 0
 
     def _refused(self, exc: RejectedError) -> None:
         outgoing = self._spool.pop()
@@ -334,6 +386,8 @@ class Sender:
             return
         oldest = self._spool.peek()
         settled_upto = math.inf if oldest is None else oldest.seq - 1
+        if self._probes:  # a flush also waits for the probes queued before it
+            return
         for request in [r for r in self._waiting if r.upto <= settled_upto]:
             request.done.set()
             self._waiting.remove(request)
@@ -348,6 +402,7 @@ class Sender:
         self._drop_items(self._items)
         while len(self._spool):
             self._give_up(self._spool.pop())
+        self._drop_probes()
         for request in self._waiting:
             request.done.set()
         if self._run_state == "created" and self._stop_status is not None:

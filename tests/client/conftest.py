@@ -36,6 +36,7 @@ class FakeServer:
         self.runs: dict[str, wire.RunCreate] = {}
         self.statuses: dict[str, str] = {}
         self.batches: dict[str, wire.Batch] = {}  # stored, by batch_id
+        self.probes: list[wire.Probe] = []
         self.requests: list[httpx.Request] = []
         self.failures: dict[str, list[Reply]] = {"runs": [], "batches": [], "patch": []}
         self.down = False  # every request fails to connect
@@ -84,6 +85,11 @@ class FakeServer:
                 return httpx.Response(200, json={"id": parts[3]})
             if self.max_body is not None and len(body) > self.max_body:
                 return httpx.Response(413, json={"detail": "too large"})
+            if parts[4] == "probes":
+                probe = wire.Probe.model_validate_json(body)
+                self.probes.append(probe)
+                receipt_ = wire.ProbeReceipt(step=probe.step, layers=len(probe.layers))
+                return httpx.Response(200, content=receipt_.model_dump_json())
             try:
                 batch = wire.Batch.model_validate_json(body)
             except pydantic.ValidationError as exc:

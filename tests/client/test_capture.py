@@ -256,3 +256,45 @@ def test_a_failing_reduction_is_logged_once_and_counted(
         assert run.flush(5)
     assert len([r for r in caplog.records if "reduction failed" in r.getMessage()]) == 1
     assert run.counters.dropped == 3 * 3  # statistics, histogram and unit means, 3 steps
+
+
+def test_probe_every_n_steps_and_on_demand(server: FakeServer, make_run: MakeRun) -> None:
+    from sklearn.datasets import load_iris
+
+    x_all, y_all = load_iris(return_X_y=True)
+    x = torch.tensor(x_all, dtype=torch.float32)
+    y = torch.tensor(y_all)
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    run = make_run(every=5)
+    run.watch(model, optimizer, probe=(x[::3], y[::3]), probe_every=3)
+    for _ in range(8):
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model.training
+    assert run.probe() == 1  # at the current step, 8
+    assert run.flush(5)
+    assert sorted({p.step for p in server.probes}) == [3, 6, 8]
+    last = [p for p in server.probes if p.step == 8]
+    assert sorted(layer.name for p in last for layer in p.layers) == ["0", "1", "2", "3"]
+    [with_labels] = [p for p in last if p.labels is not None]
+    labels = array.array("i", with_labels.labels).tolist()
+    assert labels == y[::3].tolist()
+    assert with_labels.predictions is not None
+    predictions = torch.tensor(array.array("i", with_labels.predictions).tolist())
+    model.eval()
+    with torch.no_grad():
+        want = model(x[::3]).argmax(-1)
+    assert torch.equal(predictions, want)
+    [hidden] = [layer for p in last for layer in p.layers if layer.name == "1"]
+    assert hidden.features_shape == [50, 16]
+
+
+def test_probe_needs_inputs(make_run: MakeRun) -> None:
+    run = make_run()
+    with pytest.raises(layerwatch.ConfigError, match="probe_every"):
+        run.watch(nn.Linear(2, 2), probe_every=3)
+    with pytest.raises(layerwatch.ConfigError):
+        run.watch(nn.Linear(2, 2), probe=(torch.randn(4, 2), torch.randn(4)))  # float labels
