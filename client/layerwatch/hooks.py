@@ -139,6 +139,7 @@ class Watch:
         self._capturing = clock.step % every == 0
         self._seen: set[str] = set()  # modules recorded at this step: one record per step
         self._is_grad_enabled = torch.is_grad_enabled
+        self._eager = torch.compiler.disable
         owners = dict(model.named_modules())
         for name, param in params:
             owner = owners.get(name.rpartition(".")[0], model)
@@ -275,12 +276,18 @@ class Watch:
         seen = self._seen
         is_grad_enabled = self._is_grad_enabled
 
-        def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
-            if not self._capturing:  # the common case: return before anything else
-                return
+        # Under torch.compile, the check below is traced (a guard on one bool, so an
+        # uncaptured step runs a graph without hooks) and `capture` is not: a captured
+        # step runs a second compiled variant that leaves the graph at each module.
+        @self._eager
+        def capture(module: torch.nn.Module, output: object) -> None:
             if name in seen or not is_grad_enabled():  # accumulation / eval pass
                 return
             self._guarded(name, self._capture, name, module, output)
+
+        def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
+            if self._capturing:  # the common case, False, returns at once
+                capture(module, output)
 
         return hook
 

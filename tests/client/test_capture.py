@@ -298,3 +298,32 @@ def test_probe_needs_inputs(make_run: MakeRun) -> None:
         run.watch(nn.Linear(2, 2), probe_every=3)
     with pytest.raises(layerwatch.ConfigError):
         run.watch(nn.Linear(2, 2), probe=(torch.randn(4, 2), torch.randn(4)))  # float labels
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_compiled_model(server: FakeServer, make_run: MakeRun) -> None:
+    """Uncaptured steps run the compiled graph; captured ones a variant that leaves the
+    graph at each watched module (see `Watch._make_hook`); both train the same."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = make_run(every=2)
+    run.watch(model, optimizer)
+    compiled = torch.compile(model)
+    inputs = [torch.randn(4, 8) for _ in range(5)]
+    first_layer = []
+    for x in inputs:
+        first_layer.append(model[0](x).mean().item())
+        compiled(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert run.flush(5)
+    stats = server.stats()
+    assert sorted(stats[("0", "activation")]) == [0, 2, 4]
+    assert sorted(stats[("2.weight", "grad")]) == [0, 2, 4]
+    for step in (0, 2, 4):
+        assert stats[("0", "activation")][step]["mean"] == pytest.approx(
+            first_layer[step], rel=1e-5
+        )
+    assert [tree.name for tree in server.models()] == ["Sequential"]
