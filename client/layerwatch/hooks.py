@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from layerwatch import wire
 from layerwatch.buffer import Record, SummaryRecord, TensorKey, TensorMeta
@@ -139,7 +139,6 @@ class Watch:
         self._capturing = clock.step % every == 0
         self._seen: set[str] = set()  # modules recorded at this step: one record per step
         self._is_grad_enabled = torch.is_grad_enabled
-        self._eager = torch.compiler.disable
         owners = dict(model.named_modules())
         for name, param in params:
             owner = owners.get(name.rpartition(".")[0], model)
@@ -279,7 +278,7 @@ class Watch:
         # Under torch.compile, the check below is traced (a guard on one bool, so an
         # uncaptured step runs a graph without hooks) and `capture` is not: a captured
         # step runs a second compiled variant that leaves the graph at each module.
-        @self._eager
+        @eager
         def capture(module: torch.nn.Module, output: object) -> None:
             if name in seen or not is_grad_enabled():  # accumulation / eval pass
                 return
@@ -479,6 +478,16 @@ def _types(types: Types, argument: str) -> list[type | str] | None:
     if not all(isinstance(t, (type, str)) for t in result):
         raise ConfigError(f"`{argument}` takes classes or class names, not {types!r}")
     return result
+
+
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def eager(function: _F) -> _F:
+    """`function`, run eagerly even when called from a `torch.compile`d model."""
+    import torch
+
+    return cast("_F", torch.compiler.disable(function))  # type: ignore[no-untyped-call]
 
 
 def _rank() -> int:

@@ -15,6 +15,7 @@ import pydantic
 
 from layerwatch import wire
 from layerwatch.buffer import ModelRecord
+from layerwatch.hooks import eager
 
 if TYPE_CHECKING:
     import torch
@@ -49,9 +50,7 @@ class TreeRecorder:
     def _make_hook(
         self, path: str
     ) -> Callable[[torch.nn.Module, tuple[object, ...], object], None]:
-        import torch
-
-        @torch.compiler.disable  # runs once, eagerly, even inside a compiled model
+        @eager  # runs once, eagerly, even inside a compiled model
         def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
             if path not in self._shapes:
                 self._shapes[path] = (tensor_shapes(args), tensor_shapes(output))
