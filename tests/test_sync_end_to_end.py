@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import Engine, text
 
 # The child trains with the real client against a port nobody listens on, lets
@@ -71,6 +72,7 @@ def _stored(engine: Engine, run_id: str) -> dict[str, list[tuple[object, ...]]]:
     return {name: sorted(tuple(row) for row in found) for name, found in rows.items()}
 
 
+@pytest.mark.slow
 def test_sync_delivers_the_spool_of_a_killed_process(
     live_server: str, engine: Engine, tmp_path: Path
 ) -> None:

@@ -9,11 +9,13 @@ already stored by its id and stores it once. An ack record's payload is the
 them is on disk.
 
 Why write through: every batch goes to disk when it is sealed, not only once
-delivery fails. The body is serialized for the POST anyway; appending it costs
-tens of microseconds (no fsync) against milliseconds for the request, and a
-process killed at any moment leaves every sealed batch behind. Without fsync
-the data survives the process, not the machine; after a power cut the latest
-records read as a torn tail.
+delivery fails. The body is serialized for the POST anyway; writing it, its ack
+and removing the spent segment took about 0.2 ms for a 1,000-record batch
+(110 kB) on a shared two-core machine: less than serializing it (0.4 ms), far
+less than the POST, and on the sender thread. In exchange a process killed at
+any moment, with the server up or down, leaves every sealed batch behind.
+Without fsync the data survives the process, not the machine; after a power
+cut the latest records read as a torn tail.
 
 Acks: `pop` writes its ack with the next call, so a pop followed by
 `push_front` (a split batch, a resend after a 404) is one write, the new
@@ -360,7 +362,7 @@ class DiskSpool:
         self._delete_segments(list(self._segments))
         try:
             for path in self.directory.iterdir():
-                if path.name == INFO_FILE or path.suffix == SEGMENT_SUFFIX:
+                if path.name in (INFO_FILE, f".{INFO_FILE}.tmp") or path.suffix == SEGMENT_SUFFIX:
                     path.unlink()
             self.directory.rmdir()
         except OSError as exc:  # e.g. someone left a file of their own there

@@ -165,7 +165,7 @@ class Sender:
             except Exception:  # a bug must not end delivery: drop what is in hand, go on
                 self._log_once("cycle", logging.ERROR, "sender error; dropping records", True)
                 self._drop_items(self._items)
-                if len(self._spool):  # the oldest batch may be the cause: never loop on it
+                if self._spool.peek() is not None:  # it may be the cause: never loop on it
                     self._give_up(self._spool.pop())
                 self._stop.wait(0.1)
         try:

@@ -74,15 +74,21 @@ def _sync_directory(
 ) -> tuple[bool, str]:
     """(everything delivered, the line to print) for one run directory."""
     info = read_spool_info(directory)
-    if info is None or info.run.id is None:
-        return False, f"{directory}: no readable run.json; cannot tell which run it belongs to"
-    name = f"run {info.run.id}"
+    if info is not None and info.run.id is None:  # not written by a Run: no run to send to
+        info = None
+    name = f"run {info.run.id}" if info is not None else str(directory)
     try:
         spool = DiskSpool(directory, create=False)
     except SpoolLockedError:
         return True, f"{name}: skipped, its process is still running ({directory})"
     except FileNotFoundError:
         return True, f"{name}: nothing to send (its process just finished)"
+    if info is None:  # killed before writing run.json: fine if it wrote nothing else either
+        empty = not len(spool)
+        spool.close()
+        if empty:
+            return True, f"{name}: nothing to send"
+        return False, f"{name}: no readable run.json; cannot tell which run it belongs to"
     if not len(spool) and info.status is None:
         spool.close()
         return True, f"{name}: nothing to send"

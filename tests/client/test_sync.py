@@ -120,6 +120,17 @@ def test_sync_cannot_place_a_spool_without_run_json(server: FakeServer, tmp_path
     code, lines = sync(tmp_path, server)
     assert code == 1
     assert lines == [f"{directory}: no readable run.json; cannot tell which run it belongs to"]
+    assert directory.exists()
+
+
+def test_sync_removes_a_spool_killed_before_it_held_anything(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    directory = tmp_path / "r1"
+    directory.mkdir()  # killed between making its folder and writing run.json
+    assert sync(tmp_path, server) == (0, [f"{directory}: nothing to send"])
+    assert not directory.exists()
+    assert server.requests == []
 
 
 @pytest.mark.parametrize("argv", [["sync", "--help"]])
