@@ -76,12 +76,12 @@ class Sender:
         backoff: float,
         max_backoff: float = 60.0,
         spool: Spool | None = None,
+        # Called on the thread, keeping disk work off the training thread; if it fails,
+        # `spool` stays in use.
         open_spool: Callable[[], Spool] | None = None,
+        # Create the run only once a batch gets 404: resuming it would set it running.
         run_exists: bool = False,
     ) -> None:
-        """`open_spool`, when given, is called on the thread for the spool to use (on
-        failure `spool` stays in use). `run_exists` skips creating the run until a batch
-        gets 404, so a replay does not resume (set running) a finished run."""
         assert run.id is not None
         self._http = http
         self._server = server
@@ -125,6 +125,10 @@ class Sender:
             failed_batches=self._failed_batches,
             spooled=spool.spooled,
         )
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> None:
         self._thread.start()

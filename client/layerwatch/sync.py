@@ -26,6 +26,7 @@ from layerwatch.spoolfile import default_spool_root, read_spool_info
 __all__ = ["sync_spools"]
 
 _STOP_GRACE = 5.0  # seconds for the final status update and closing the spool
+_REQUEST_TIMEOUT = 30.0  # seconds per request: a large batch on a busy server takes a while
 
 
 def sync_spools(
@@ -48,7 +49,7 @@ def sync_spools(
     if http is None:
         from layerwatch.run import _make_client
 
-        client = _make_client(timeout)
+        client = _make_client(_REQUEST_TIMEOUT)
     else:
         client = http
     failed = matched = 0
@@ -99,7 +100,7 @@ def _sync_directory(
     )  # fmt: skip
     sender.start()
     progress, deadline = -1, 0.0
-    while not sender.flush(1.0):
+    while sender.alive and not sender.flush(min(timeout, 1.0)):
         counts = sender.counters
         now = time.monotonic()
         if counts.sent + counts.dropped != progress:
