@@ -61,6 +61,14 @@ hypothesis_settings.register_profile("layerwatch", deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "layerwatch"))
 
 
+@pytest.fixture(autouse=True)
+def spool_root(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``$LAYERWATCH_SPOOL_DIR`` per test, so no run spools into the home folder."""
+    root = tmp_path_factory.mktemp("spool")
+    monkeypatch.setenv("LAYERWATCH_SPOOL_DIR", str(root))
+    return root
+
+
 # -- PostgreSQL ----------------------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ Our exception hierarchy:
     - RejectedError - any other failure answer. The batch is dropped and counted.
       + PayloadTooLargeError - 413. The batch is split in two and each half is retried.
       + RunNotFoundError - 404 for a batch: the run is created again, then the batch retried.
+  + SpoolLockedError - another process holds a run's spool directory. `layerwatch sync`
+    skips that directory; a `Run` tries the next name, or keeps its batches in memory.
 
 Only `ConfigError` and `RunClosedError` are ever raised into user code, and only
 from construction, `watch()`, or calls on a closed run: after `Run(...)` returns,
@@ -27,6 +29,7 @@ __all__ = [
     "RetryableError",
     "RunClosedError",
     "RunNotFoundError",
+    "SpoolLockedError",
 ]
 
 
@@ -70,3 +73,7 @@ class PayloadTooLargeError(RejectedError):
 
 class RunNotFoundError(RejectedError):
     """404 for a batch: the server does not know the run (yet, or any more)."""
+
+
+class SpoolLockedError(LayerwatchError):
+    """A spool directory is locked by another process, which is still writing it."""

@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import os
+import shlex
 import socket
 import sys
 import threading
@@ -85,12 +86,15 @@ class Run:
     into training code (except `RunClosedError` on a closed run): `Run(...)` returns
     at once and creates the run on the server from a background thread; network
     failures are logged once and retried with backoff; when the queue is full new
-    records are dropped and counted; a failing hook disables its `Watch`.
+    records are dropped and counted; a failing hook disables its `Watch`. Batches
+    not yet taken by the server wait in an on-disk spool, so neither an outage nor
+    a killed process loses them: `layerwatch sync` sends what a process left.
 
     **Closing.** Leaving the `with` block, or calling `close()` / `finish()`, removes
     the hooks, sends what is queued (waiting at most `timeout` seconds), marks the run
     `finished` (`failed` when the block raised), closes the HTTP client the run
-    created and logs one line with the counts of sent and dropped records.
+    created and logs one line with the counts of sent, spooled (left on disk for
+    `layerwatch sync`) and dropped records.
 
     Parameters:
 
@@ -106,6 +110,11 @@ class Run:
     * **timeout** - seconds for each request of the client the run makes, and for
       `flush()` and closing by default.
     * **backoff** - first retry delay in seconds; doubles per failure, up to a minute.
+    * **spool_dir** - folder of the on-disk spool of unsent batches, one subfolder per
+      run; defaults to `$LAYERWATCH_SPOOL_DIR`, then `~/.cache/layerwatch/spool`.
+      `None` (or `False`) keeps them in memory only, and drops them at exit.
+    * **max_spool_bytes** - most bytes of unsent batches kept; the oldest are dropped
+      beyond it. Defaults to 1 GiB.
     * **http** - an `httpx.Client` to send with (e.g. one with a `MockTransport`); it is
       not closed by the run. By default the run makes one, sending
       `Authorization: Bearer $LAYERWATCH_TOKEN` when that variable is set.
@@ -127,9 +136,15 @@ class Run:
         timeout: float = 10.0,
         backoff: float = 0.5,
         http: httpx.Client | None = None,
+        spool_dir: str | os.PathLike[str] | bool | None = True,
+        max_spool_bytes: int = 2**30,
     ) -> None:
         self._every = _check_count("every", every)
         _check_count("max_queue", max_queue)
+        _check_count("max_spool_bytes", max_spool_bytes)
+        from layerwatch.spoolfile import resolve_spool_root
+
+        self._spool_root = resolve_spool_root(spool_dir)
         _check_count("batch_size", batch_size)
         _check_seconds(flush_secs=flush_secs, timeout=timeout, backoff=backoff)
         import httpx
@@ -160,10 +175,18 @@ class Run:
         self._http = http if http is not None else _make_client(timeout)
         self._buffer = Buffer(max_queue)
         self._tensors: dict[tuple[str, wire.Kind], TensorMeta] = {}
+        open_spool = None
+        if self._spool_root is not None:
+            from layerwatch.diskspool import open_run_spool
+
+            open_spool = functools.partial(
+                open_run_spool, self._spool_root, server=self._server, run=self._create,
+                max_bytes=max_spool_bytes,
+            )  # fmt: skip
         self._sender: Sender = Sender(
             http=self._http, server=self._server, run=self._create, buffer=self._buffer,
             tensors=self._tensors, flush_secs=flush_secs, batch_size=batch_size,
-            backoff=backoff,
+            backoff=backoff, open_spool=open_spool,
         )  # fmt: skip
         self._reducer = Reducer(self._buffer.put, self._buffer.count_dropped)
         self._clock = StepClock()
@@ -193,7 +216,7 @@ class Run:
 
     @property
     def counters(self) -> Counters:
-        """Records sent and dropped, and batches given up, so far."""
+        """Records sent, spooled (on disk, not yet sent) and dropped, and batches given up."""
         return self._sender.counters
 
     @property
@@ -444,12 +467,17 @@ class Run:
         if self._owns_http:
             self._http.close()
         counts = self._sender.counters
-        clean = self._flushed and not counts.dropped and not counts.failed_batches
+        clean = self._flushed and not (counts.dropped or counts.failed_batches or counts.spooled)
+        replay = ""
+        if counts.spooled and self._spool_root is not None:
+            root = shlex.quote(str(self._spool_root))
+            replay = f"; `layerwatch sync --spool-dir {root}` sends the spooled ones"
         logger.log(
             logging.INFO if clean else logging.WARNING,
-            "layerwatch: run %s %s: %d records sent, %d dropped (%d batches given up)%s",
-            self._id, status, counts.sent, counts.dropped, counts.failed_batches,
-            "" if self._flushed else f" (sending timed out after {timeout:g}s)",
+            "layerwatch: run %s %s: %d records sent, %d spooled, %d dropped "
+            "(%d batches given up)%s%s",
+            self._id, status, counts.sent, counts.spooled, counts.dropped, counts.failed_batches,
+            "" if self._flushed else f" (sending timed out after {timeout:g}s)", replay,
         )  # fmt: skip
         return self._flushed
 

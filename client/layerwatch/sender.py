@@ -7,7 +7,9 @@ per device, group them into columnar `wire.Stats` / `wire.Scalars` blocks, and P
 the `wire.Batch`. Failed deliveries stay in the spool and are retried with
 exponential backoff and jitter (or after the server's `Retry-After`), with the same
 `batch_id`, so the server can tell a retry from new data. Nothing here raises into
-the training thread: problems are logged and counted.
+the training thread: problems are logged and counted. With a durable spool
+(`DiskSpool`, opened on this thread), what is not delivered when the sender stops
+stays on disk for `layerwatch sync`, which replays it with this same class.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,6 +68,7 @@ class Counters:
     sent: int  # records the server acknowledged
     dropped: int  # records given up: full queue, refused or unsendable batches, shutdown
     failed_batches: int  # batches given up
+    spooled: int = 0  # records on disk awaiting delivery (by this process or `layerwatch sync`)
 
 
 class Sender:
@@ -84,6 +87,11 @@ class Sender:
         backoff: float,
         max_backoff: float = 60.0,
         spool: Spool | None = None,
+        # Called on the thread, keeping disk work off the training thread; if it fails,
+        # `spool` stays in use.
+        open_spool: Callable[[], Spool] | None = None,
+        # Create the run only once a batch gets 404: resuming it would set it running.
+        run_exists: bool = False,
     ) -> None:
         assert run.id is not None
         self._http = http
@@ -98,6 +106,7 @@ class Sender:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._spool: Spool = spool if spool is not None else MemorySpool(100 * batch_size)
+        self._open_spool = open_spool
         self._stop = threading.Event()
         self._stop_status: wire.RunStatus | None = None
         self._thread = threading.Thread(
@@ -108,7 +117,7 @@ class Sender:
         self._items_deadline = math.inf
         self._waiting: list[FlushRequest] = []
         self._seq = 0
-        self._run_state: Literal["new", "created", "refused"] = "new"
+        self._run_state: Literal["new", "created", "refused"] = "created" if run_exists else "new"
         self._missing = False  # the run was created again after a 404 for the oldest batch
         self._next_attempt = 0.0
         self._failures = 0  # consecutive retryable failures
@@ -125,11 +134,17 @@ class Sender:
 
     @property
     def counters(self) -> Counters:
+        spool = self._spool
         return Counters(
             sent=self._sent,
-            dropped=self._dropped + self._buffer.dropped,
+            dropped=self._dropped + self._buffer.dropped + spool.discarded,
             failed_batches=self._failed_batches,
+            spooled=spool.spooled,
         )
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> None:
         self._thread.start()
@@ -170,13 +185,19 @@ class Sender:
 
     def _main(self) -> None:
         """Called on the sender thread: the loop, then the final status update."""
+        if self._open_spool is not None:
+            try:
+                self._spool = self._open_spool()
+            except Exception as exc:  # e.g. a read-only home: carry on in memory
+                logger.warning("layerwatch: cannot use the on-disk spool (%s); unsent data "
+                               "is kept in memory only", exc)  # fmt: skip
         while not self._stop.is_set():
             try:
                 self._cycle()
             except Exception:  # a bug must not end delivery: drop what is in hand, go on
                 self._log_once("cycle", logging.ERROR, "sender error; dropping records", True)
                 self._drop_items(self._items)
-                if len(self._spool):  # the oldest batch may be the cause: never loop on it
+                if self._spool.peek() is not None:  # it may be the cause: never loop on it
                     self._give_up(self._spool.pop())
                 self._stop.wait(0.1)
         try:
@@ -393,25 +414,32 @@ class Sender:
             self._waiting.remove(request)
 
     def _finish(self) -> None:
-        """Called on the sender thread when stopping: count what is left, set the status."""
+        """Called on the sender thread when stopping: keep or count what is left, set the
+        status, close the spool (a durable one keeps the status the server did not take)."""
         while (item := self._buffer.get(0)) is not None:
             if isinstance(item, _RECORDS):
                 self._items.append(item)
             elif isinstance(item, FlushRequest):
                 item.done.set()
-        self._drop_items(self._items)
-        while len(self._spool):
-            self._give_up(self._spool.pop())
-        self._drop_probes()
+        if self._run_state == "refused":  # nothing can ever be delivered
+            self._drop_items(self._items)
+            while len(self._spool):
+                self._give_up(self._spool.pop())
+        self._seal()  # a durable spool keeps the batch; closing a memory one gives it up
+        self._drop_probes()  # probes are kept in memory only
         for request in self._waiting:
             request.done.set()
-        if self._run_state == "created" and self._stop_status is not None:
-            update = wire.RunUpdate(status=self._stop_status).model_dump_json().encode()
+        status = None if self._run_state == "refused" else self._stop_status
+        if self._run_state == "created" and status is not None:
+            update = wire.RunUpdate(status=status).model_dump_json().encode()
             try:
                 self._request("PATCH", self._run_url, update)
+                status = None
             except DeliveryError as exc:
                 logger.warning("layerwatch: could not mark run %s %s: %s",
-                               self._run.id, self._stop_status, exc)  # fmt: skip
+                               self._run.id, status, exc)  # fmt: skip
+        for outgoing in self._spool.close(status):
+            self._give_up(outgoing)
 
     def _log_once(self, key: str, level: int, message: str, exc_info: bool = False) -> None:
         first = key not in self._logged

@@ -1,19 +1,17 @@
 """Batches built but not yet taken by the server, oldest first.
 
-`MemorySpool` holds them in memory within a bound; a durable spool on disk can
-replace it by implementing `Spool`.
+`MemorySpool` holds them in memory within a bound and loses them with the
+process; `layerwatch.diskspool.DiskSpool` keeps them on disk, where
+`layerwatch sync` finds what a run left behind.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from layerwatch import wire
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["MemorySpool", "Outgoing", "Spool"]
 
@@ -29,9 +27,23 @@ class Outgoing:
 
 
 class Spool(Protocol):
-    """Storage of batches not yet taken by the server, oldest first."""
+    """Storage of batches not yet taken by the server, oldest first.
+
+    Only the sender thread calls its methods; `spooled` and `discarded` may be
+    read from any thread.
+    """
 
     def __len__(self) -> int: ...
+
+    @property
+    def spooled(self) -> int:
+        """Records held on disk, which outlive the process (`layerwatch sync` sends them)."""
+        ...
+
+    @property
+    def discarded(self) -> int:
+        """Records found unreadable in storage and skipped."""
+        ...
 
     def push(self, outgoing: Outgoing) -> list[Outgoing]:
         """Add `outgoing` last; return the batches evicted to stay within bounds."""
@@ -49,9 +61,20 @@ class Spool(Protocol):
         """Remove and return the oldest batch (after it was sent or given up)."""
         ...
 
+    def close(self, status: wire.RunStatus | None = None) -> list[Outgoing]:
+        """Called when the sender stops; returns the batches that end with the process.
+
+        `status` is the run's final status when the server has not taken it: a
+        durable spool keeps it for `layerwatch sync`.
+        """
+        ...
+
 
 class MemorySpool:
     """A `Spool` in memory holding at most `max_records` records, dropping the oldest."""
+
+    spooled = 0  # nothing outlives the process
+    discarded = 0
 
     def __init__(self, max_records: int) -> None:
         self._max_records = max_records
@@ -81,3 +104,9 @@ class MemorySpool:
         outgoing = self._batches.popleft()
         self._records -= outgoing.records
         return outgoing
+
+    def close(self, status: wire.RunStatus | None = None) -> list[Outgoing]:
+        left = list(self._batches)
+        self._batches.clear()
+        self._records = 0
+        return left

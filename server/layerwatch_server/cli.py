@@ -1,4 +1,5 @@
-"""The ``layerwatch`` command: run the server, manage its database, run the demo.
+"""The ``layerwatch`` command: run the server, manage its database, run the demo,
+send the batches runs left in their spool.
 
 Subcommands import what they need when they run, so ``layerwatch --help``
 is instant and a training box without the server extras can still use the
@@ -76,6 +77,15 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, epochs=args.epochs, port=args.port, serve=args.serve)
 
 
+def _sync(args: argparse.Namespace) -> int:
+    import logging
+
+    from layerwatch.sync import sync_spools
+
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    return sync_spools(args.spool_dir, server=args.server, run_id=args.run, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerwatch", description="Look inside PyTorch networks while they train."
@@ -105,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="server port (default: any free)")
     demo.add_argument("--serve", action="store_true", help="keep the server running after training")
     demo.set_defaults(handler=_demo)
+
+    sync = commands.add_parser(
+        "sync", help="send the batches that runs left on disk (killed, or the server was away)"
+    )
+    sync.add_argument(
+        "--spool-dir", metavar="DIR",
+        help="spool folder (default: $LAYERWATCH_SPOOL_DIR or ~/.cache/layerwatch/spool)",
+    )  # fmt: skip
+    sync.add_argument(
+        "--server", metavar="URL", help="server URL (default: the one each run was sending to)"
+    )
+    sync.add_argument("--run", metavar="ID", help="only the run with this id")
+    sync.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS",
+        help="give a run up after this many seconds without progress (default: 30)",
+    )  # fmt: skip
+    sync.set_defaults(handler=_sync)
     return parser
 
 

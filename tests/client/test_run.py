@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -13,7 +16,9 @@ import torch
 from torch import nn
 
 import layerwatch
+from layerwatch.diskspool import DiskSpool
 from layerwatch.errors import ConfigError, LayerwatchError, RunClosedError
+from layerwatch.spoolfile import read_spool_info
 
 if TYPE_CHECKING:
     from tests.client.conftest import FakeServer
@@ -75,6 +80,8 @@ def test_import_is_light() -> None:
         {"config": {"bad": object()}},
         {"tags": [1]},
         {"http": "not a client"},
+        {"spool_dir": 3},
+        {"max_spool_bytes": 0},
     ],
 )
 def test_bad_arguments_raise_at_construction(kwargs: dict[str, Any]) -> None:
@@ -190,7 +197,7 @@ def test_one_summary_line(
         run.close()
     [line] = [r for r in caplog.records if "records sent" in r.getMessage()]
     assert line.levelno == logging.WARNING  # something was dropped
-    assert f"run {run.id} finished: 1 records sent, 2 dropped (1 batches given up)" in (
+    assert f"run {run.id} finished: 1 records sent, 0 spooled, 2 dropped (1 batches given up)" in (
         line.getMessage()
     )
 
@@ -199,12 +206,58 @@ def test_close_gives_up_after_its_timeout(
     server: FakeServer, make_run: MakeRun, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.down = True
-    run = make_run()
+    run = make_run(spool_dir=None)  # memory only: what is left is dropped
     run.log({"a": 1.0})
     with caplog.at_level(logging.INFO, logger="layerwatch"):
         assert run.close(timeout=0.2) is False
     assert run.counters.dropped == 1
     assert any("timed out" in r.getMessage() for r in caplog.records)
+
+
+def test_close_leaves_unsent_batches_on_disk(
+    server: FakeServer, make_run: MakeRun, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.down = True
+    run = make_run(spool_dir=tmp_path, flush_secs=60)
+    run.log({"a": 1.0})
+    assert not run.flush(0.1)  # sealed and spooled, not delivered
+    run.log({"b": 2.0})  # still queued when closing: sealed onto the spool too
+    with caplog.at_level(logging.INFO, logger="layerwatch"):
+        assert run.close(timeout=0.2) is False
+    assert run.counters == type(run.counters)(sent=0, dropped=0, failed_batches=0, spooled=2)
+    [line] = [r.getMessage() for r in caplog.records if "records sent" in r.getMessage()]
+    assert "0 records sent, 2 spooled, 0 dropped" in line
+    assert f"`layerwatch sync --spool-dir {tmp_path}` sends the spooled ones" in line
+    info = read_spool_info(tmp_path / run.id)
+    assert info is not None
+    assert (info.run.id, info.server, info.status) == (run.id, run.server, "finished")
+    spool = DiskSpool(tmp_path / run.id)
+    names = [spool.pop().batch.scalars[0].name for _ in range(len(spool))]
+    assert names == ["a", "b"]
+    spool.close()
+
+
+def test_run_returns_at_once_when_the_server_is_unreachable(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    run = layerwatch.Run(f"http://127.0.0.1:{port}", spool_dir=tmp_path, backoff=0.01)
+    assert time.perf_counter() - started < 1.5
+    model = nn.Linear(2, 2)
+    run.watch(model, every=1)
+    step_started = time.perf_counter()
+    model(torch.ones(1, 2, requires_grad=True))
+    run.log({"loss": 1.0})
+    run.step()
+    assert time.perf_counter() - step_started < 0.5
+    started = time.perf_counter()
+    assert run.close(timeout=0.5) is False
+    assert time.perf_counter() - started < 1.5 + 2.0  # the timeout, and a grace for the status
+    # activation: stats, histogram, unit means; 2 weights: stats, histogram, change;
+    # no gradient (no backward); the scalar; the model tree
+    assert run.counters.spooled == 3 + 2 * 3 + 1 + 1
+    assert run.counters.dropped == 0
 
 
 def test_bad_log_values_are_skipped_not_raised(

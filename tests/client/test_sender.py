@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -15,7 +16,10 @@ from torch import nn
 
 import layerwatch
 from layerwatch import wire
+from layerwatch.diskspool import DiskSpool
+from layerwatch.errors import SpoolLockedError
 from layerwatch.sender import _parse_retry_after
+from layerwatch.spool import Outgoing
 
 if TYPE_CHECKING:
     from tests.client.conftest import FakeServer
@@ -294,3 +298,67 @@ def test_tensor_scalars_are_read_on_the_sender_thread(
     assert server.scalars() == {
         "loss": {0: 1.0}, "total": {0: 0.0}, "int": {0: 3.0}, "f64": {0: 0.1}
     }  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_batches_wait_on_disk_while_the_server_is_down(
+    server: FakeServer, make_run: MakeRun, tmp_path: Path
+) -> None:
+    server.down = True
+    run = make_run(spool_dir=tmp_path, batch_size=3)
+    model = nn.Linear(2, 2)
+    run.watch(model, every=1, weights=False, gradients=False, bins=None, unit_means=False)
+    for step in range(4):
+        model(torch.ones(1, 2, requires_grad=True))
+        run.log({"loss": float(step)})
+        run.step()
+    wait_for(lambda: run.counters.spooled == 9)  # 4 statistics, 4 scalars, the model tree
+    directory = tmp_path / run.id
+    assert list(directory.glob("*.seg"))
+    with pytest.raises(SpoolLockedError):  # the run's sender owns it
+        DiskSpool(directory)
+    assert run.counters.dropped == 0
+    server.down = False
+    assert run.flush(5)
+    assert run.counters == type(run.counters)(sent=9, dropped=0, failed_batches=0, spooled=0)
+    assert server.scalars() == {"loss": {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}}
+    assert sorted(server.stats()[("Linear", "activation")]) == [0, 1, 2, 3]
+    assert list(directory.glob("*.seg")) == []  # delivered: nothing left to replay
+    ids = posted_ids(server)
+    assert sorted(set(ids)) == sorted(server.batches)  # retries only resent the same ids
+
+
+def test_batches_a_killed_process_left_are_sent_first(
+    server: FakeServer, make_run: MakeRun, tmp_path: Path
+) -> None:
+    left = DiskSpool(tmp_path / "resumed")
+    scalars = wire.Scalars(name="loss", steps=[0, 1], values=[2.0, 1.5])
+    left.push(Outgoing(1, wire.Batch(batch_id="left-behind", scalars=[scalars]), 2))
+    left.close()
+    run = make_run(id="resumed", spool_dir=tmp_path)
+    run.log({"loss": 1.0}, step=2)
+    assert run.flush(5)
+    assert posted_ids(server)[0] == "left-behind"
+    assert server.scalars() == {"loss": {0: 2.0, 1: 1.5, 2: 1.0}}
+    assert run.counters.sent == 3
+    run.close()
+    assert not (tmp_path / "resumed").exists()
+
+
+def test_an_unusable_spool_dir_keeps_batches_in_memory(
+    server: FakeServer, make_run: MakeRun, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with caplog.at_level(logging.WARNING, logger="layerwatch"):
+        run = make_run(spool_dir=not_a_folder)
+        run.log({"a": 1.0})
+        assert run.flush(5)
+    assert server.scalars() == {"a": {0: 1.0}}
+    assert any("cannot use the on-disk spool" in r.getMessage() for r in caplog.records)
