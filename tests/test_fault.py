@@ -137,7 +137,7 @@ def test_server_killed_mid_run_loses_and_duplicates_nothing(
     with sqlite3.connect(server.data_dir / "layerwatch.db") as db:
         rows = {
             table: db.execute(
-                f"SELECT t.name, t.kind, r.step FROM {table} r "  # noqa: S608 (fixed names)
+                f"SELECT t.name, t.kind, r.step FROM {table} r "
                 "JOIN tensors t ON t.id = r.tensor_id WHERE t.run_id = ?", (run.id,),
             ).fetchall()
             for table in TENSOR_TABLES

@@ -317,26 +317,35 @@ def test_tensor_metadata_is_sent_once(server: FakeServer, make_run: MakeRun) -> 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_hooks_never_synchronise_with_the_gpu(server: FakeServer, make_run: MakeRun) -> None:
+    """Full capture (activations, weights, gradients, histograms, unit means, weight
+    change) in forward hooks and optimizer step hooks, with any host sync an error."""
     model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 10)).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(32, 64, device="cuda")
-    train_step_on(model, optimizer, x)  # warm-up, unwatched: first calls may sync
-    run = make_run(every=1)
+    big = torch.randn(300, 1000, device="cuda")  # sampled histogram: > 65,536 elements
+    run = make_run(every=1, flush_secs=60, batch_size=100_000)  # the sender waits for flush()
     watch = run.watch(model, optimizer)
-    layerwatch.reduce.activation_stats(x)  # warm-up of the reduction kernels
+    identity = nn.Identity()
+    run.watch(identity, weights=False, gradients=False)  # sees `big`
+    big.requires_grad_()
+    identity(big)
+    train_step_on(model, optimizer, x)  # warm-up: first calls allocate and may sync
     torch.cuda.synchronize()
     for dtype in (torch.float32, torch.bfloat16):
-        torch.cuda.set_sync_debug_mode("error")  # any host sync in the hooks now raises
+        torch.cuda.set_sync_debug_mode("error")  # any host sync now raises
         try:
             with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
                 loss = model(x).square().mean()
+                identity(big)
             run.log({"loss": loss})
+            loss.backward()
+            optimizer.step()  # pre- and post-hooks: weights, gradients, weight change
+            optimizer.zero_grad()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
     assert watch.active  # a sync would have raised in a hook and disabled the watch
     assert run.flush(10)
-    assert steps_of(server, "1") == [0, 1]
-    assert sorted(server.scalars()["loss"]) == [0, 1]
+    assert steps_of(server, "1") == [0, 1, 2]
+    assert sorted(server.stats()[("0.weight", "grad")]) == [0, 1, 2]
+    assert sorted(server.rows("weight_changes")[("2.weight", "weight")]) == [0, 1, 2]
+    assert sorted(server.scalars()["loss"]) == [1, 2]
