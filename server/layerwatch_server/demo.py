@@ -63,7 +63,8 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
     config = {"model": "mlp-64-128-64-32-10", "lr": 1e-3, "batch_size": 64, "epochs": epochs}
 
     with layerwatch.Run(server, project=PROJECT, name="digits-mlp", config=config) as run:
-        run.watch(model, optimizer=optimizer, every=every)
+        # the held-out probe: what each layer makes of 256 test digits, once per epoch
+        run.watch(model, optimizer=optimizer, every=every, probe=(x_test[:256], y_test[:256]))
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(x_train))
@@ -80,6 +81,7 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
             with torch.no_grad():
                 test_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
             run.log({"test_acc": test_acc})
+            run.probe()
             print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test acc {test_acc:.3f}")
         return run.id
 
@@ -90,11 +92,9 @@ def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
     base = f"{server}/api/v1/runs/{run_id}"
     written = []
     with httpx.Client(timeout=60) as http:
-        activations = [
-            t["name"]
-            for t in http.get(f"{base}/tensors").raise_for_status().json()["data"]
-            if t["kind"] == "activation"
-        ]
+        tensors = http.get(f"{base}/tensors").raise_for_status().json()["data"]
+        activations = [t["name"] for t in tensors if t["kind"] == "activation"]
+        weights = [t["name"] for t in tensors if t["kind"] == "weight" and "weight" in t["name"]]
         plots: dict[str, tuple[str, dict[str, Any]]] = {
             "loss.png": ("scalars.png", {"name": ["loss"]}),
             "accuracy.png": ("scalars.png", {"name": ["train_acc", "test_acc"]}),
@@ -108,6 +108,14 @@ def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
                 "series.png",
                 {"tensor": tensors, "kind": "activation", "stat": stat},
             )
+        plots["gradients_l2.png"] = (
+            "series.png",
+            {"tensor": weights, "kind": "grad", "stat": "l2"},
+        )
+        plots["weights_std.png"] = (
+            "series.png",
+            {"tensor": weights, "kind": "weight", "stat": "std"},
+        )
         for filename, (view, params) in plots.items():
             response = http.get(f"{base}/plots/{view}", params=params)
             response.raise_for_status()
