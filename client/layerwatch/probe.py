@@ -258,7 +258,7 @@ def run_probe(
 
     The model runs in eval mode under `torch.no_grad()` in chunks of `batch_size`
     samples, with a temporary forward hook on each of `modules` (`(name, module)`
-    pairs, e.g. from `select_leaves`). `torch.inference_mode()` is not used: tensors
+    pairs, e.g. from `selection.select_leaves`). `torch.inference_mode()` is not used: tensors
     a forward caches on a module (rotary tables, masks) would become inference
     tensors that training's autograd then refuses.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import math
 import os
 import shlex
 import socket
@@ -21,18 +20,21 @@ from typing import TYPE_CHECKING
 import pydantic
 
 from layerwatch import wire
+from layerwatch.arguments import (
+    DEFAULT_SERVER,
+    capture_options,
+    check_count,
+    check_seconds,
+    make_client,
+    make_probe_config,
+    owner,
+    resolve_server,
+)
 from layerwatch.buffer import Buffer, ScalarRecord
 from layerwatch.errors import ConfigError, RunClosedError
-from layerwatch.hooks import (
-    CaptureOptions,
-    Patterns,
-    ProbeConfig,
-    StepClock,
-    Types,
-    Watch,
-    select_modules,
-)
+from layerwatch.hooks import StepClock, Watch
 from layerwatch.reducer import Reducer
+from layerwatch.selection import Patterns, Types, select_modules
 
 if TYPE_CHECKING:
     import httpx
@@ -46,9 +48,6 @@ __all__ = ["DEFAULT_SERVER", "Run"]
 
 logger = logging.getLogger("layerwatch")
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
-SERVER_ENV = "LAYERWATCH_SERVER"
-TOKEN_ENV = "LAYERWATCH_TOKEN"
 _STATUS_GRACE = 2.0  # seconds
 
 
@@ -139,19 +138,19 @@ class Run:
         spool_dir: str | os.PathLike[str] | bool | None = True,
         max_spool_bytes: int = 2**30,
     ) -> None:
-        self._every = _check_count("every", every)
-        _check_count("max_queue", max_queue)
-        _check_count("max_spool_bytes", max_spool_bytes)
+        self._every = check_count("every", every)
+        check_count("max_queue", max_queue)
+        check_count("max_spool_bytes", max_spool_bytes)
         from layerwatch.spoolfile import resolve_spool_root
 
         self._spool_root = resolve_spool_root(spool_dir)
-        _check_count("batch_size", batch_size)
-        _check_seconds(flush_secs=flush_secs, timeout=timeout, backoff=backoff)
+        check_count("batch_size", batch_size)
+        check_seconds(flush_secs=flush_secs, timeout=timeout, backoff=backoff)
         import httpx
 
         if http is not None and not isinstance(http, httpx.Client):
             raise ConfigError(f"`http` must be an httpx.Client, not {type(http).__name__}")
-        self._server = _resolve_server(server, http)
+        self._server = resolve_server(server, http)
         if isinstance(tags, str):
             tags = [tags]
         try:
@@ -172,7 +171,7 @@ class Run:
         from layerwatch.sender import Sender
 
         self._owns_http = http is None
-        self._http = http if http is not None else _make_client(timeout)
+        self._http = http if http is not None else make_client(timeout)
         self._buffer = Buffer(max_queue)
         self._tensors: dict[tuple[str, wire.Kind], TensorMeta] = {}
         open_spool = None
@@ -305,9 +304,11 @@ class Run:
             raise ConfigError(
                 f"`optimizer` must be a torch.optim.Optimizer, not {type(optimizer).__name__}"
             )
-        every = self._every if every is None else _check_count("every", every)
-        probe_config = self._probe_config(probe, probe_every, probe_features)
-        options = _capture_options(
+        every = self._every if every is None else check_count("every", every)
+        probe_config = make_probe_config(
+            probe, probe_every, probe_features, self._sender.submit_probe
+        )
+        options = capture_options(
             activations=activations, weights=weights, gradients=gradients, bins=bins,
             sample_size=sample_size, unit_means=unit_means, weight_change=weight_change,
         )  # fmt: skip
@@ -317,7 +318,7 @@ class Run:
         params = [
             (name, param)
             for name, param in model.named_parameters()
-            if _owner(model, name) in owners
+            if owner(model, name) in owners
         ]
         if not (leaves if activations else []) and not (params if weights or gradients else []):
             raise ConfigError(
@@ -348,22 +349,6 @@ class Run:
         if not watches:
             self._warn_once("probe", "run.probe() ignored: no watch was given `probe=`")
         return sum(watch.probe() for watch in watches)
-
-    def _probe_config(self, probe: object, every: int | None, features: int) -> ProbeConfig | None:
-        if probe is None:
-            if every is not None:
-                raise ConfigError("`probe_every` needs `probe=` inputs")
-            return None
-        from layerwatch.probe import ProbeSet, check_probe_options
-
-        every = None if every is None else _check_count("probe_every", every)
-        check_probe_options(features=features, maps=16, map_size=32, max_channels=64,
-                            batch_size=256)  # fmt: skip
-        if isinstance(probe, tuple) and len(probe) == 2:
-            inputs, labels = probe
-        else:
-            inputs, labels = probe, None
-        return ProbeConfig(ProbeSet(inputs, labels), every, features, self._sender.submit_probe)
 
     def step(self) -> None:
         """End the current step: call once after each optimizer step, when `watch()`
@@ -527,61 +512,3 @@ def _finish_at_exit(ref: weakref.ReferenceType[Run]) -> None:
     run = ref()
     if run is not None and not run.closed:
         run.finish("crashed" if getattr(sys, "last_value", None) is not None else "finished")
-
-
-def _capture_options(**values: object) -> CaptureOptions:
-    for flag in ("activations", "weights", "gradients", "unit_means", "weight_change"):
-        if not isinstance(values[flag], bool):
-            raise ConfigError(f"`{flag}` must be True or False, not {values[flag]!r}")
-    bins = values["bins"]
-    if bins is not None and (
-        isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= wire.MAX_BINS
-    ):
-        raise ConfigError(
-            f"`bins` must be None or an integer from 1 to {wire.MAX_BINS}, not {bins!r}"
-        )
-    size = values["sample_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ConfigError(f"`sample_size` must be 0 (exact) or a positive integer, not {size!r}")
-    return CaptureOptions(**values)  # type: ignore[arg-type]
-
-
-def _owner(model: torch.nn.Module, parameter: str) -> torch.nn.Module:
-    path = parameter.rpartition(".")[0]
-    return model.get_submodule(path) if path else model
-
-
-def _check_count(argument: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"`{argument}` must be a positive integer, not {value!r}")
-    return value
-
-
-def _check_seconds(**values: object) -> None:
-    for argument, given in values.items():
-        value = math.nan if isinstance(given, bool) else given
-        if not isinstance(value, (int, float)):
-            value = math.nan
-        if not (value > 0 or (argument == "backoff" and value == 0)):  # NaN is refused too
-            raise ConfigError(f"`{argument}` must be a positive number of seconds, not {given!r}")
-
-
-def _resolve_server(server: str | None, http: httpx.Client | None) -> str:
-    if server is None:
-        server = os.environ.get(SERVER_ENV) or (str(http.base_url) if http is not None else "")
-    server = (server or DEFAULT_SERVER).rstrip("/")
-    if not server.startswith(("http://", "https://")):
-        raise ConfigError(f"`server` must be an http:// or https:// URL, not {server!r}")
-    return server
-
-
-def _make_client(timeout: float) -> httpx.Client:
-    import httpx
-
-    from layerwatch import __version__
-
-    headers = {"User-Agent": f"layerwatch/{__version__}"}
-    token = os.environ.get(TOKEN_ENV)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(timeout=timeout, headers=headers)

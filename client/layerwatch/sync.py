@@ -47,9 +47,9 @@ def sync_spools(
     root = Path(spool_dir).expanduser() if spool_dir is not None else default_spool_root()
     directories = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if http is None:
-        from layerwatch.run import _make_client
+        from layerwatch.arguments import make_client
 
-        client = _make_client(_REQUEST_TIMEOUT)
+        client = make_client(_REQUEST_TIMEOUT)
     else:
         client = http
     failed = matched = 0

@@ -11,8 +11,8 @@ from torch.nn.functional import adaptive_avg_pool2d
 
 from layerwatch import wire
 from layerwatch.errors import ConfigError
-from layerwatch.hooks import select_leaves
 from layerwatch.probe import ProbeSet, check_probe_options, run_probe
+from layerwatch.selection import select_leaves
 
 F16 = {"rtol": 1e-3, "atol": 1e-3}  # float16 keeps about three decimal digits
 
