@@ -43,6 +43,8 @@ class _State:
     param: torch.nn.Parameter
     init: torch.Tensor | None  # weights when watched (weight change only)
     prev: torch.Tensor | None = None  # weights at the previous capture
+    prev_norm: torch.Tensor | None = None  # and their L2 norm (from their statistics)
+    init_norm: torch.Tensor | None = None
     pending: tuple[int, torch.Tensor, Summary, torch.Tensor] | None = None
     grad: torch.Tensor | None = None  # without an optimizer: this step's gradient
 
@@ -176,12 +178,14 @@ def _hold_weight(
     record still waiting from an earlier step, if its update was never seen."""
     records: list[Record] = [] if state.pending is None else [_pending_record(name, state, None)]
     assert state.init is not None
-    since_init = relative_change(weight, state.init)
+    if state.init_norm is None:
+        state.init_norm = torch.linalg.vector_norm(state.init.to(torch.float32))
+    since_init = relative_change(weight, state.init, state.init_norm)
     if state.prev is None:
         since_prev = torch.full_like(since_init, _NAN)
     else:
-        since_prev = relative_change(weight, state.prev)
-    state.prev = weight
+        since_prev = relative_change(weight, state.prev, state.prev_norm)
+    state.prev, state.prev_norm = weight, summary.stats[5]  # l2
     state.pending = (step, weight, summary, torch.stack([since_prev, since_init]))
     return records
 
@@ -195,7 +199,7 @@ def _pending_record(name: str, state: _State, after: torch.Tensor | None) -> Sum
     if after is None:
         ratio = torch.full((1,), _NAN, device=before.device)
     else:
-        ratio = relative_change(after, before).reshape(1)
+        ratio = relative_change(after, before, summary.stats[5]).reshape(1)  # l2 of before
     change = torch.cat([changes.to(torch.float32), ratio.to(torch.float32)])
     return SummaryRecord(step, name, "weight", before.numel(), summary, change)
 

@@ -135,14 +135,15 @@ class Summarizer:
             if x.dtype != torch.float32:
                 x = x.to(torch.float32)  # bf16/fp16 upcast; float64 summarised in float32
             flat = x.reshape(-1)
-            stats = _fast_stats(flat) if sync else None
-            finite = stats is not None
-            if stats is None:
-                stats = activation_stats(flat)
+            fast = _fast_stats(flat) if sync else None
+            stats = activation_stats(flat) if fast is None else fast[0]
             counts, sampled = None, None
             if self.bins is not None and flat.numel():
                 sample, sampled = self._sample(flat)
-                counts = _histogram(sample, stats[2], stats[3], self.bins, finite=finite)
+                if fast is not None:
+                    counts = _cpu_histogram(sample, fast[1], fast[2], self.bins)
+                else:
+                    counts = _histogram(sample, stats[2], stats[3], self.bins)
             means = _unit_means(x, units) if units is not None and x.numel() else None
             return Summary(stats, counts, sampled, means)
 
@@ -163,42 +164,55 @@ class Summarizer:
         return flat.index_select(0, positions), self.sample_size
 
 
-def _fast_stats(x: torch.Tensor) -> torch.Tensor | None:
-    """Statistics of a flat float32 CPU tensor in five passes and one temporary, or None
-    when it holds a non-finite value (the caller then takes the general path)."""
+def _fast_stats(x: torch.Tensor) -> tuple[torch.Tensor, float, float] | None:
+    """Statistics of a flat float32 CPU tensor, with its finite range as Python floats;
+    None when it holds a non-finite value (the caller then takes the general path).
+
+    At most five passes over the data; the arithmetic on the sums is done in Python,
+    which on the CPU is cheaper than a dozen tiny tensor operations.
+    """
     n = x.numel()
     if n == 0 or x.device.type != "cpu":
         return None
-    lo, hi = torch.aminmax(x)
-    if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):  # NaN propagates here
+    lo_t, hi_t = torch.aminmax(x)
+    lo, hi = lo_t.item(), hi_t.item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates here
         return None
-    total = x.sum()
+    total = x.sum().item()
+    sum_sq = torch.dot(x, x).item()
     mean = total / n
-    sum_sq = torch.dot(x, x)
     variance = sum_sq / n - mean * mean
-    if variance.item() <= 1e-4 * mean.item() ** 2:  # cancellation: take the two-pass form
+    if variance <= 1e-4 * mean * mean:  # cancellation: take the two-pass form
         deviation = x - mean
-        variance = torch.dot(deviation, deviation) / n
-    abs_mean = x.abs().sum() / n
-    zero_frac = (n - torch.count_nonzero(x)) / n
-    zero = torch.zeros((), dtype=torch.float32)
-    numel = torch.full((), n, dtype=torch.float32)
-    std = variance.clamp(min=0).sqrt()
-    return torch.stack([mean, std, lo, hi, abs_mean, sum_sq.sqrt(), zero_frac.float(), zero, numel])
+        variance = torch.dot(deviation, deviation).item() / n
+    if lo >= 0:  # e.g. ReLU outputs: |x| = x, and zeros only if lo is one
+        abs_sum = total
+    elif hi <= 0:
+        abs_sum = -total
+    else:
+        abs_sum = x.abs().sum().item()
+    zeros = n - torch.count_nonzero(x).item() if lo <= 0 <= hi else 0
+    values = [mean, math.sqrt(max(variance, 0.0)), lo, hi, abs_sum / n, math.sqrt(sum_sq),
+              zeros / n, 0.0, float(n)]  # fmt: skip
+    return torch.tensor(values, dtype=torch.float32), lo, hi
 
 
-def _histogram(
-    sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int, *, finite: bool
-) -> torch.Tensor:
+def _cpu_histogram(sample: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+    """`_histogram` of a finite CPU sample whose range is known on the host."""
+    width = hi - lo if hi > lo else math.inf  # lo == hi: everything in bin 0
+    # (x - lo) / width stays within [0, 1] even for ranges so narrow that bins / width
+    # would overflow float32
+    index = sample.sub(lo).div_(width).mul_(bins).to(torch.int64).clamp_(0, bins - 1)
+    return torch.bincount(index, minlength=bins)
+
+
+def _histogram(sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     """Counts of the finite values of `sample` in `bins` equal bins over `[lo, hi]`, as
-    int64. With `finite=False` no value is read back (the range stays a tensor, and a
-    non-finite value goes to a bin that is thrown away); `finite=True` promises a CPU
-    sample without non-finite values and takes the quicker `bincount`."""
+    int64, without reading anything back: the range stays a tensor, and a non-finite
+    value goes to a bin that is thrown away (`bincount` would read its maximum)."""
     width = hi - lo
-    scale = torch.where(width > 0, bins / width, torch.zeros_like(width))  # lo == hi: bin 0
-    index = ((sample - lo) * scale).to(torch.int64).clamp_(0, bins - 1)  # values >= lo: floor
-    if finite:
-        return torch.bincount(index, minlength=bins)
+    width = torch.where(width > 0, width, torch.full_like(width, math.inf))  # lo == hi: bin 0
+    index = ((sample - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)  # x >= lo: floor
     index = torch.where(torch.isfinite(sample), index, bins)
     counts = torch.zeros(bins + 1, dtype=torch.int64, device=sample.device)
     counts.index_add_(0, index, torch.ones_like(index))
@@ -225,9 +239,14 @@ def _unit_means(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.mean(dim=others)
 
 
-def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """`||new - old|| / ||old||` as a 0-d float32 tensor on their device (no host read)."""
+def relative_change(
+    new: torch.Tensor, old: torch.Tensor, old_norm: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`||new - old|| / ||old||` as a 0-d float32 tensor on their device (no host read);
+    `old_norm` saves a pass when `||old||` is already known."""
     old32 = old.detach().to(torch.float32)
     difference = torch.linalg.vector_norm(new.detach().to(torch.float32) - old32)
-    ratio: torch.Tensor = difference / torch.linalg.vector_norm(old32)
+    if old_norm is None:
+        old_norm = torch.linalg.vector_norm(old32)
+    ratio: torch.Tensor = difference / old_norm
     return ratio
