@@ -28,7 +28,8 @@ model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 run = layerwatch.Run(server, project="sync-e2e", id=run_id, spool_dir=spool_dir,
                      flush_secs=0.02, batch_size=7, backoff=0.05)
-watch = run.watch(model, optimizer, every=1)
+watch = run.watch(model, optimizer, every=1, weights=False, gradients=False, bins=None,
+                  unit_means=False)  # activation statistics and the model tree
 for step in range(steps):
     loss = model(torch.randn(3, 4)).pow(2).mean()
     optimizer.zero_grad()
@@ -106,7 +107,8 @@ def test_sync_delivers_the_spool_of_a_killed_process(
     activations = [row for row in stored["stats"] if row[1] == "activation"]
     assert activations == sorted((n, "activation", s) for n in names for s in range(steps))
     assert stored["scalars"] == [("loss", s) for s in range(steps)]
-    assert len(stored["stats"]) + len(stored["scalars"]) == int(spooled)  # each record once
+    # each record once: statistics, scalars and the model tree
+    assert len(stored["stats"]) + len(stored["scalars"]) + 1 == int(spooled)
     batch_ids = [row[0] for row in stored["batches"]]
     assert len(batch_ids) == len(set(batch_ids))
     with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10) as api:
