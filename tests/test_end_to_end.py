@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,11 +17,17 @@ from sklearn.datasets import load_iris  # noqa: E402
 from torch import nn  # noqa: E402
 
 import layerwatch  # noqa: E402
+from layerwatch import wire  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _train(server: str, *, steps_per_epoch: int, epochs: int, every: int) -> str:
+PROBE = 60
+
+
+def _train(
+    server: str, *, steps_per_epoch: int, epochs: int, every: int
+) -> tuple[str, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     x, y = load_iris(return_X_y=True)
     x = torch.tensor((x - x.mean(0)) / x.std(0), dtype=torch.float32)
@@ -29,7 +36,7 @@ def _train(server: str, *, steps_per_epoch: int, epochs: int, every: int) -> str
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = len(x) // steps_per_epoch
     with layerwatch.Run(server, project="e2e", name="iris", config={"lr": 0.1}) as run:
-        run.watch(model, optimizer=optimizer, every=every)
+        run.watch(model, optimizer=optimizer, every=every, probe=(x[:PROBE], y[:PROBE]))
         for _ in range(epochs):
             for i in range(steps_per_epoch):
                 xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
@@ -38,12 +45,16 @@ def _train(server: str, *, steps_per_epoch: int, epochs: int, every: int) -> str
                 loss.backward()
                 run.log({"loss": loss.detach()})
                 optimizer.step()
+            run.probe()  # the held-out view, at each epoch's end
         run_id = run.id
-    return run_id
+        assert run.counters.dropped == 0
+    with torch.no_grad():
+        final_outputs = model(x[:PROBE])
+    return run_id, y[:PROBE], final_outputs
 
 
 def test_training_run_is_stored_queried_and_plotted(live_server: str) -> None:
-    run_id = _train(live_server, steps_per_epoch=5, epochs=4, every=3)
+    run_id, labels, outputs = _train(live_server, steps_per_epoch=5, epochs=4, every=3)
     total_steps = 20
     captured = [k for k in range(total_steps) if k % 3 == 0]
     base = f"{live_server}/api/v1/runs/{run_id}"
@@ -79,6 +90,29 @@ def test_training_run_is_stored_queried_and_plotted(live_server: str) -> None:
         assert all(math.isfinite(v) for v in loss["values"])
         assert loss["values"][-1] < loss["values"][0]
 
+        changes = http.get(f"{base}/weight-changes", params={"tensor": "0.weight"}).json()
+        assert changes["steps"] == captured
+        assert all(0 < v < 1 for v in changes["since_prev"][1:])
+        means = http.get(f"{base}/unit-means", params={"tensor": "1"}).json()
+        assert (means["steps"], means["units"]) == (captured, 16)
+        assert all(v >= 0 for row in means["values"] for v in row)  # ReLU units
+        [tree] = http.get(f"{base}/model").json()["data"]
+        assert [(m["path"], m["type"]) for m in tree["modules"]] == [
+            ("", "Sequential"), ("0", "Linear"), ("1", "ReLU"), ("2", "Linear"),
+        ]  # fmt: skip
+        assert tree["params"] == 4 * 16 + 16 + 16 * 3 + 3
+
+        probes = http.get(f"{base}/probes").json()["data"]
+        assert [p["step"] for p in probes] == [5, 10, 15, 20]  # steps taken by each epoch end
+        assert [x["name"] for x in probes[-1]["layers"]] == names
+        last = wire.Probe.model_validate(http.get(f"{base}/probes/20").json())
+        assert np.frombuffer(last.labels or b"", "<i4").tolist() == labels.tolist()
+        out = last.layers[-1]
+        got = np.frombuffer(out.features, "<f2").reshape(out.features_shape)
+        np.testing.assert_allclose(got, outputs.numpy(), rtol=1e-2, atol=1e-2)  # float16
+        predictions = np.frombuffer(last.predictions or b"", "<i4")
+        assert predictions.tolist() == outputs.argmax(1).tolist()
+
         png = http.get(
             f"{base}/plots/series.png", params={"tensor": names, "stat": "std"}
         ).raise_for_status()
@@ -99,6 +133,7 @@ def test_demo_command_trains_and_writes_plots(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "layerwatch server: http://127.0.0.1:" in result.stdout
+    assert " sent, 0 spooled, 0 dropped" in result.stdout  # probes included
     plots = sorted((out / "plots").glob("*.png"))
     assert len(plots) >= 4
     for plot in plots:

@@ -39,7 +39,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 import torch
 from torch import nn
@@ -68,8 +68,6 @@ MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
 ProbeInputs = torch.Tensor | tuple[object, ...] | list[object] | Mapping[str, object]
 """A tensor (`model(x)`), a tuple or list (`model(*x)`) or a dict (`model(**x)`)."""
 
-Reduction = Literal["none", "pooled", "truncated", "averaged"]
-"""How a layer's features were made from its output (`wire.ProbeLayer.reduced`)."""
 
 _INT32 = torch.iinfo(torch.int32)
 _ForwardHook = Callable[[nn.Module, tuple[object, ...], object], None]
@@ -224,7 +222,7 @@ class _Layer:
     features: list[torch.Tensor] = field(default_factory=list)  # (rows, ...) float16 each
     maps: list[torch.Tensor] = field(default_factory=list)  # (m, c, h, w) float16 each
     source_shape: tuple[int, ...] | None = None
-    reduced: Reduction = "none"
+    reduced: wire.Reduction = "none"
     rows: int = 0  # samples collected so far
     seen: bool = False  # in this chunk: a module called twice keeps its first call
     skipped: str | None = None
@@ -387,7 +385,7 @@ def _hook(layer: _Layer, options: _Options) -> _ForwardHook:
     return hook
 
 
-def _reduce_features(x: torch.Tensor, budget: int) -> tuple[torch.Tensor, Reduction]:
+def _reduce_features(x: torch.Tensor, budget: int) -> tuple[torch.Tensor, wire.Reduction]:
     if x.dim() == 1:
         return x.unsqueeze(1), "none"  # (N, 1)
     if x.dim() == 4:  # (N, C, H, W)
@@ -399,7 +397,7 @@ def _reduce_features(x: torch.Tensor, budget: int) -> tuple[torch.Tensor, Reduct
         if h <= side and w <= side:
             return x, "truncated"
         return adaptive_avg_pool2d(x, (min(h, side), min(w, side))), "pooled"  # (N, C', h, w)
-    reduced: Reduction = "none"
+    reduced: wire.Reduction = "none"
     if x.dim() > 2:
         x = x.flatten(1, -2).mean(1)  # (N, T..., F) -> (N, F)
         reduced = "averaged"

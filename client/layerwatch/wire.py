@@ -383,6 +383,9 @@ class BatchReceipt(_Model):
     stats: int = Field(description="Statistic rows in the batch (stored now or before).")
     histograms: int
     scalars: int
+    unit_means: int = 0
+    weight_changes: int = 0
+    models: int = Field(0, description="Model trees in the batch.")
 
 
 def _packed_halves(value: bytes) -> bytes:
@@ -420,6 +423,10 @@ def _check_packed(where: str, field: str, data: bytes, shape: list[int], itemsiz
         )
 
 
+Reduction = Literal["none", "pooled", "truncated", "averaged"]
+"""How a probed layer's features were made from its output."""
+
+
 class ProbeLayer(_Model):
     """What one layer output on the probe inputs: a row of features per sample.
 
@@ -434,7 +441,7 @@ class ProbeLayer(_Model):
     features_shape: Shape = Field(min_length=2)
     features: PackedFloat16
     source_shape: Shape | None = None
-    reduced: Literal["none", "pooled", "truncated", "averaged"] = Field(
+    reduced: Reduction = Field(
         "none", description="How `features` was made from the layer's output."
     )
     maps_shape: Shape | None = Field(None, min_length=4, max_length=4)

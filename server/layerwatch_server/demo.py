@@ -83,7 +83,9 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
             run.log({"test_acc": test_acc})
             run.probe()
             print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test acc {test_acc:.3f}")
-        return run.id
+    sent = run.counters
+    print(f"records: {sent.sent} sent, {sent.spooled} spooled, {sent.dropped} dropped")
+    return run.id
 
 
 def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:

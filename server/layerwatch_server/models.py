@@ -20,12 +20,14 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -132,6 +134,98 @@ class SqlHistogram(Base):
     counts: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class SqlUnitMean(Base):
+    """Per-unit means of one activation at one step: ``units`` little-endian float32."""
+
+    __tablename__ = "unit_means"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tensor_id: Mapped[int] = mapped_column(
+        ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    units: Mapped[int] = mapped_column(Integer)
+    means: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SqlWeightChange(Base):
+    """How far one weight moved at one captured step (see ``wire.WeightChanges``)."""
+
+    __tablename__ = "weight_changes"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tensor_id: Mapped[int] = mapped_column(
+        ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    since_prev: Mapped[float | None] = mapped_column(Double)
+    since_init: Mapped[float | None] = mapped_column(Double)
+    update_ratio: Mapped[float | None] = mapped_column(Double)
+
+
+class SqlModule(Base):
+    """One module of a watched model's tree, as the client saw it at the first forward.
+
+    Keyed by the model's class name: the tree a rank sends first for a model is
+    the one kept (a resumed run sends it again, unchanged or not).
+    """
+
+    __tablename__ = "modules"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(NAME, primary_key=True)
+    path: Mapped[str] = mapped_column(NAME, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(NAME)
+    params: Mapped[int] = mapped_column(BigInteger)
+    trainable: Mapped[int] = mapped_column(BigInteger)
+    inputs: Mapped[list[list[int]] | None] = mapped_column(JSON)
+    outputs: Mapped[list[list[int]] | None] = mapped_column(JSON)
+
+
+class SqlProbe(Base):
+    """One probe: the model run on the fixed probe inputs at one step."""
+
+    __tablename__ = "probes"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    samples: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[bytes | None] = mapped_column(LargeBinary)
+    predictions: Mapped[bytes | None] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SqlProbeLayer(Base):
+    """One layer's outputs in a probe: float16 features (and conv maps) as packed bytes."""
+
+    __tablename__ = "probe_layers"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["run_id", "step", "rank"],
+            ["probes.run_id", "probes.step", "probes.rank"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(NAME, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    features_shape: Mapped[list[int]] = mapped_column(JSON)
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+    source_shape: Mapped[list[int] | None] = mapped_column(JSON)
+    reduced: Mapped[str] = mapped_column(String(16))
+    maps_shape: Mapped[list[int] | None] = mapped_column(JSON)
+    maps: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
 class SqlScalar(Base):
     """One value of a user-logged scalar such as the loss."""
 
@@ -159,3 +253,6 @@ class SqlBatch(Base):
     stats: Mapped[int] = mapped_column(Integer)
     histograms: Mapped[int] = mapped_column(Integer)
     scalars: Mapped[int] = mapped_column(Integer)
+    unit_means: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    weight_changes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    models: Mapped[int] = mapped_column(Integer, server_default=text("0"))

@@ -118,3 +118,70 @@ class HistogramsPublic(_Public):
     data: list[HistogramPublic]
     count: int
     next_after_step: int | None
+
+
+class UnitMeansPublic(_Public):
+    """Per-unit means of one activation: ``values[i]`` holds the units at ``steps[i]``."""
+
+    tensor: str
+    kind: Kind
+    rank: int
+    units: int
+    steps: list[int]
+    values: list[list[float]]
+    next_after_step: int | None
+
+
+class WeightChangesPublic(_Public):
+    """How far one weight moved at each captured step (see ``layerwatch.wire.WeightChanges``)."""
+
+    tensor: str
+    rank: int
+    steps: list[int]
+    since_prev: list[float]
+    since_init: list[float]
+    update_ratio: list[float]
+    next_after_step: int | None
+
+
+class ModulePublic(_Public):
+    path: str
+    type: str
+    params: int
+    trainable: int
+    inputs: list[list[int]] | None
+    outputs: list[list[int]] | None
+
+
+class ModelTreePublic(_Public):
+    name: str
+    rank: int
+    params: int = Field(description="Parameters of the whole model.")
+    modules: list[ModulePublic] = Field(description="In `named_modules()` order.")
+
+
+class ModelTreesPublic(_Public):
+    data: list[ModelTreePublic]
+    count: int
+
+
+class ProbeLayerSummary(_Public):
+    name: str
+    features_shape: list[int]
+    source_shape: list[int] | None
+    reduced: str
+    maps_shape: list[int] | None
+
+
+class ProbeSummary(_Public):
+    step: int
+    rank: int
+    samples: int
+    labels: bool = Field(description="Whether the probe's labels are stored.")
+    predictions: bool = Field(description="Whether the model's predictions are stored.")
+    layers: list[ProbeLayerSummary]
+
+
+class ProbesPublic(_Public):
+    data: list[ProbeSummary]
+    count: int

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +13,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.models import SqlBatch, SqlHistogram, SqlScalar, SqlStat, SqlTensor
+from layerwatch_server.models import (
+    SqlBatch,
+    SqlHistogram,
+    SqlModule,
+    SqlScalar,
+    SqlStat,
+    SqlTensor,
+    SqlUnitMean,
+    SqlWeightChange,
+)
 
 
 def new_id(prefix: str = "t") -> str:
@@ -68,6 +79,42 @@ def scalars_block(
     return {"name": name, "steps": list(steps), "values": list(values), **extra}
 
 
+def packed_floats(values: Sequence[float]) -> str:
+    """Base64 of little-endian float32, as unit means travel."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+def unit_means_block(name: str, steps: Sequence[int], units: int = 4) -> dict[str, Any]:
+    """A `wire.UnitMeans` block; unit u at step s has the mean s + u / 4."""
+    values = [packed_floats([s + u / 4 for u in range(units)]) for s in steps]
+    return {"name": name, "kind": "activation", "steps": list(steps), "values": values}
+
+
+def weight_changes_block(name: str, steps: Sequence[int]) -> dict[str, Any]:
+    """A `wire.WeightChanges` block: NaN since the previous capture at the first step."""
+    return {
+        "name": name,
+        "steps": list(steps),
+        "since_prev": [float("nan") if i == 0 else 0.1 / (1 + s) for i, s in enumerate(steps)],
+        "since_init": [0.01 * s for s in steps],
+        "update_ratio": [1e-3 for _ in steps],
+    }
+
+
+def model_tree(name: str = "Net") -> dict[str, Any]:
+    """A `wire.ModelTree`: a model with one Linear layer and a ReLU."""
+    return {
+        "name": name,
+        "modules": [
+            {"path": "", "type": name, "params": 0, "trainable": 0,
+             "inputs": [[8, 4]], "outputs": [[8, 16]]},
+            {"path": "fc1", "type": "Linear", "params": 80, "trainable": 80,
+             "inputs": [[8, 4]], "outputs": [[8, 16]]},
+            {"path": "act", "type": "ReLU", "params": 0, "trainable": 0},
+        ],
+    }  # fmt: skip
+
+
 def make_batch(
     *,
     batch_id: str | None = None,
@@ -75,6 +122,9 @@ def make_batch(
     histograms: Sequence[dict[str, Any]] = (),
     scalars: Sequence[dict[str, Any]] = (),
     tensors: Sequence[dict[str, Any]] = (),
+    unit_means: Sequence[dict[str, Any]] = (),
+    weight_changes: Sequence[dict[str, Any]] = (),
+    models: Sequence[dict[str, Any]] = (),
     rank: int = 0,
 ) -> wire.Batch:
     return wire.Batch.model_validate(
@@ -85,18 +135,25 @@ def make_batch(
             "stats": list(stats),
             "histograms": list(histograms),
             "scalars": list(scalars),
+            "unit_means": list(unit_means),
+            "weight_changes": list(weight_changes),
+            "models": list(models),
         }
     )
 
 
 def sample_batch(*, batch_id: str | None = None, steps: Sequence[int] = (0, 1, 2)) -> wire.Batch:
-    """A batch with a bit of everything: stats of two tensors, a histogram, a scalar."""
+    """A batch with a bit of everything: stats of two tensors, a histogram, a scalar,
+    unit means, weight changes and a model tree."""
     return make_batch(
         batch_id=batch_id,
         tensors=[{"name": "fc1", "kind": "activation", "module_type": "Linear", "shape": [8, 16]}],
         stats=[stats_block("fc1", steps), stats_block("fc1.weight", steps, kind="weight")],
         histograms=[histogram("fc1", steps[0], [1, 2, 3, 4])],
         scalars=[scalars_block("loss", steps, [1.0 / (1 + s) for s in steps])],
+        unit_means=[unit_means_block("fc1", steps)],
+        weight_changes=[weight_changes_block("fc1.weight", steps)],
+        models=[model_tree()],
     )
 
 
@@ -122,5 +179,8 @@ def count_rows(session: Session, run_id: str) -> dict[str, int]:
         "stats": count(SqlStat, SqlStat.tensor_id.in_(tensors)),
         "histograms": count(SqlHistogram, SqlHistogram.tensor_id.in_(tensors)),
         "scalars": count(SqlScalar, SqlScalar.run_id == run_id),
+        "unit_means": count(SqlUnitMean, SqlUnitMean.tensor_id.in_(tensors)),
+        "weight_changes": count(SqlWeightChange, SqlWeightChange.tensor_id.in_(tensors)),
+        "modules": count(SqlModule, SqlModule.run_id == run_id),
         "batches": count(SqlBatch, SqlBatch.run_id == run_id),
     }

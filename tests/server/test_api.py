@@ -146,6 +146,9 @@ def test_ingest_then_query_everything(api: httpx.Client) -> None:
         "stats": 6,
         "histograms": 1,
         "scalars": 3,
+        "unit_means": 3,
+        "weight_changes": 3,
+        "models": 1,
     }
     post_batch(api, run_id, extra).raise_for_status()
 
@@ -182,6 +185,18 @@ def test_ingest_then_query_everything(api: httpx.Client) -> None:
         api.get(f"/runs/{run_id}/scalars/series", params={"name": "acc"}).content
     )
     assert (acc.steps, acc.values, acc.times) == ([0, 5], [0.5, 0.75], [1.5, 2.5])
+
+    means = api.get(f"/runs/{run_id}/unit-means", params={"tensor": "fc1", "start": 5}).json()
+    assert (means["steps"], means["units"]) == ([5, 10], 4)
+    assert means["values"][0] == [5.0, 5.25, 5.5, 5.75]
+    changes = api.get(f"/runs/{run_id}/weight-changes", params={"tensor": "fc1.weight"}).json()
+    assert changes["steps"] == [0, 5, 10]
+    assert changes["since_prev"][0] == "NaN"  # no previous capture at the first
+    assert changes["since_init"] == [0.0, 0.05, 0.1]
+    [tree] = api.get(f"/runs/{run_id}/model").json()["data"]
+    assert [m["path"] for m in tree["modules"]] == ["", "fc1", "act"]
+    assert api.get(f"/runs/{run_id}/unit-means", params={"tensor": "nope"}).status_code == 404
+    assert api.get("/runs/nope/model").status_code == 404
 
 
 def test_paging_and_downsampling_over_http(api: httpx.Client) -> None:

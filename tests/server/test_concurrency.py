@@ -59,6 +59,9 @@ def test_the_same_batch_sent_at_once_is_stored_once(
             "stats": 300,
             "histograms": 3,
             "scalars": 150,
+            "unit_means": 150,
+            "weight_changes": 150,
+            "modules": 3,  # one tree, sent with every batch, stored once
             "batches": 3,
         }
 

@@ -12,10 +12,13 @@ from batches import (
     digest,
     histogram,
     make_batch,
+    model_tree,
     new_id,
     sample_batch,
     scalars_block,
     stats_block,
+    unit_means_block,
+    weight_changes_block,
 )
 from sqlalchemy.orm import Session
 
@@ -124,8 +127,55 @@ def test_ingest_round_trip(session: Session) -> None:
         "stats": 6,
         "histograms": 3,
         "scalars": 3,
+        "unit_means": 0,
+        "weight_changes": 0,
+        "modules": 0,
         "batches": 1,
     }
+
+
+def test_unit_means_weight_changes_and_model_tree_round_trip(session: Session) -> None:
+    run_id = create_run(session)
+    receipt = ingest(session, run_id, sample_batch(steps=(0, 4, 8)))
+    assert (receipt.unit_means, receipt.weight_changes, receipt.models) == (3, 3, 1)
+
+    means = store.get_unit_means(session, run_id, tensor="fc1")
+    assert (means.steps, means.units, means.next_after_step) == ([0, 4, 8], 4, None)
+    assert means.values == [[s + u / 4 for u in range(4)] for s in (0, 4, 8)]
+    page = store.get_unit_means(session, run_id, tensor="fc1", limit=2)
+    assert (page.steps, page.next_after_step) == ([0, 4], 4)
+
+    changes = store.get_weight_changes(session, run_id, tensor="fc1.weight", start=4)
+    assert changes.steps == [4, 8]
+    assert changes.since_prev == [0.1 / 5, 0.1 / 9]
+    assert changes.since_init == [0.04, 0.08]
+    first = store.get_weight_changes(session, run_id, tensor="fc1.weight", end=0)
+    assert math.isnan(first.since_prev[0])  # no previous capture
+
+    [tree] = store.get_model_trees(session, run_id).data
+    assert (tree.name, tree.rank, tree.params) == ("Net", 0, 80)
+    assert [(m.path, m.type, m.outputs) for m in tree.modules] == [
+        ("", "Net", [[8, 16]]),
+        ("fc1", "Linear", [[8, 16]]),
+        ("act", "ReLU", None),
+    ]
+    with pytest.raises(TensorNotFound):
+        store.get_unit_means(session, run_id, tensor="fc9")
+    with pytest.raises(TensorNotFound):  # weight changes are of weights only
+        store.get_weight_changes(session, run_id, tensor="fc1")
+
+
+def test_a_model_tree_sent_again_keeps_the_first(session: Session) -> None:
+    run_id = create_run(session)
+    ingest(session, run_id, make_batch(models=[model_tree()]))
+    changed = model_tree()
+    changed["modules"][1]["params"] = 99
+    receipt = ingest(session, run_id, make_batch(models=[changed, model_tree("Other")]))
+    assert receipt.models == 2
+
+    trees = store.get_model_trees(session, run_id).data
+    assert [(t.name, t.params) for t in trees] == [("Net", 80), ("Other", 80)]
+    assert store.get_model_trees(session, run_id, rank=1).data == []
 
 
 def test_ingest_multi_step_histograms_with_packed_counts(session: Session) -> None:
@@ -196,17 +246,21 @@ def _conflicting(part: str) -> wire.Batch:
         "histograms": [histogram("fc2", 0, [9, 9])],
         "scalars": [scalars_block("acc", [0, 1], [0.1, 0.2])],
         "tensors": [{"name": "fc3", "kind": "grad"}],
+        "unit_means": [unit_means_block("fc2", [0, 1])],
+        "weight_changes": [weight_changes_block("fc2.weight", [0, 1])],
     }
     bad = {
         "stats": stats_block("fc1", [1], mean=[123.0]),
         "histograms": histogram("fc1", 0, [1, 2, 3, 5]),
         "scalars": scalars_block("loss", [2], [7.0]),
+        "unit_means": unit_means_block("fc1", [1], units=3),
+        "weight_changes": {**weight_changes_block("fc1.weight", [2]), "since_init": [0.5]},
     }[part]
     good[part] = [*good[part], bad]
     return make_batch(**good)
 
 
-@pytest.mark.parametrize("part", ["stats", "histograms", "scalars"])
+@pytest.mark.parametrize("part", ["stats", "histograms", "scalars", "unit_means", "weight_changes"])
 def test_conflicting_values_refuse_the_whole_batch(session: Session, part: str) -> None:
     run_id = create_run(session)
     stored = sample_batch()

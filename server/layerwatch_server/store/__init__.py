@@ -1,6 +1,8 @@
 """Reading and writing the database: Session in, rows or models out; no HTTP here."""
 
 from layerwatch_server.store.ingest import ingest_batch
+from layerwatch_server.store.layers import get_model_trees, get_unit_means, get_weight_changes
+from layerwatch_server.store.probes import get_probe, ingest_probe, list_probes
 from layerwatch_server.store.runs import (
     create_or_resume_run,
     get_run,
@@ -19,10 +21,16 @@ from layerwatch_server.store.series import (
 __all__ = [
     "create_or_resume_run",
     "get_histograms",
+    "get_model_trees",
+    "get_probe",
     "get_run",
     "get_scalar_series",
     "get_series",
+    "get_unit_means",
+    "get_weight_changes",
     "ingest_batch",
+    "ingest_probe",
+    "list_probes",
     "list_projects",
     "list_runs",
     "list_scalar_names",

@@ -28,10 +28,13 @@ from layerwatch_server.errors import Conflict, RunNotFound
 from layerwatch_server.models import (
     SqlBatch,
     SqlHistogram,
+    SqlModule,
     SqlRun,
     SqlScalar,
     SqlStat,
     SqlTensor,
+    SqlUnitMean,
+    SqlWeightChange,
     utcnow,
 )
 
@@ -40,11 +43,17 @@ Record = tuple[Any, ...]  # one measurement row, in the order of its _*_COLUMNS 
 _STATS: Table = SqlStat.__table__  # type: ignore[assignment]
 _HISTOGRAMS: Table = SqlHistogram.__table__  # type: ignore[assignment]
 _SCALARS: Table = SqlScalar.__table__  # type: ignore[assignment]
+_UNIT_MEANS: Table = SqlUnitMean.__table__  # type: ignore[assignment]
+_WEIGHT_CHANGES: Table = SqlWeightChange.__table__  # type: ignore[assignment]
+_MODULES: Table = SqlModule.__table__  # type: ignore[assignment]
 _TENSORS: Table = SqlTensor.__table__  # type: ignore[assignment]
 _BATCHES: Table = SqlBatch.__table__  # type: ignore[assignment]
 _STAT_COLUMNS = ("tensor_id", "step", "rank", *wire.STAT_NAMES)
 _HISTOGRAM_COLUMNS = ("tensor_id", "step", "rank", "bins", "lo", "hi", "edges", "counts")
 _SCALAR_COLUMNS = ("run_id", "name", "step", "rank", "value", "time")
+_UNIT_MEAN_COLUMNS = ("tensor_id", "step", "rank", "units", "means")
+_WEIGHT_CHANGE_COLUMNS = ("tensor_id", "step", "rank", "since_prev", "since_init", "update_ratio")
+_RECEIPT_COUNTS = ("stats", "histograms", "scalars", "unit_means", "weight_changes")
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
@@ -58,20 +67,17 @@ def ingest_batch(
     """
     if session.get(SqlRun, run_id) is None:
         raise RunNotFound(f"run `{run_id}` does not exist")
+    counts = {name: sum(len(block.steps) for block in getattr(batch, name))
+              for name in _RECEIPT_COUNTS}  # fmt: skip
     receipt = wire.BatchReceipt(
-        batch_id=batch.batch_id,
-        duplicate=False,
-        stats=sum(len(block.steps) for block in batch.stats),
-        histograms=sum(len(block.steps) for block in batch.histograms),
-        scalars=sum(len(block.steps) for block in batch.scalars),
+        batch_id=batch.batch_id, duplicate=False, models=len(batch.models), **counts
     )
     # Claim the batch id first. A copy of this batch being stored at this moment
     # makes PostgreSQL wait for it here, and then find the id taken.
     claimed = _claim_batch(
         session,
         {"run_id": run_id, "batch_id": batch.batch_id, "rank": batch.rank, "digest": digest,
-         "received_at": utcnow(), "stats": receipt.stats, "histograms": receipt.histograms,
-         "scalars": receipt.scalars},
+         "received_at": utcnow(), "models": receipt.models, **counts},
     )  # fmt: skip
     if not claimed:
         previous = session.get(SqlBatch, (run_id, batch.batch_id), populate_existing=True)
@@ -94,9 +100,24 @@ def ingest_batch(
         _describe_stat(tensor_ids, "histogram"),
     )
     _insert(
+        session,
+        _UNIT_MEANS,
+        _UNIT_MEAN_COLUMNS,
+        _unit_mean_rows(batch, tensor_ids),
+        _describe_stat(tensor_ids, "unit means"),
+    )
+    _insert(
+        session,
+        _WEIGHT_CHANGES,
+        _WEIGHT_CHANGE_COLUMNS,
+        _weight_change_rows(batch, tensor_ids),
+        _describe_stat(tensor_ids, "weight change"),
+    )
+    _insert(
         session, _SCALARS, _SCALAR_COLUMNS, _scalar_rows(batch, run_id),
         lambda key: f"scalar `{key[1]}` at step {key[2]}",
     )  # fmt: skip
+    _store_models(session, run_id, batch)
     return receipt
 
 
@@ -109,17 +130,12 @@ def _replayed(previous: SqlBatch, batch: wire.Batch, digest: str) -> wire.BatchR
     return wire.BatchReceipt(
         batch_id=batch.batch_id,
         duplicate=True,
-        stats=previous.stats,
-        histograms=previous.histograms,
-        scalars=previous.scalars,
+        models=previous.models,
+        **{name: getattr(previous, name) for name in _RECEIPT_COUNTS},
     )
 
 
-def _insert_ignoring_duplicates(session: Session, table: Table, rows: list[Row]) -> None:
-    session.execute(_insert_new(session, table), rows)
-
-
-def _insert_new(session: Session, table: Table) -> Any:
+def insert_ignoring_duplicates(session: Session, table: Table) -> Any:
     """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING)."""
     module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return module.insert(table).on_conflict_do_nothing()
@@ -128,7 +144,7 @@ def _insert_new(session: Session, table: Table) -> Any:
 def _claim_batch(session: Session, row: Row) -> bool:
     """Insert the batch row unless its id is taken; True when this call inserted it."""
     # RETURNING, not rowcount: drivers do not all count ON CONFLICT DO NOTHING.
-    statement = _insert_new(session, _BATCHES).returning(_BATCHES.c.batch_id)
+    statement = insert_ignoring_duplicates(session, _BATCHES).returning(_BATCHES.c.batch_id)
     return session.execute(statement, row).first() is not None
 
 
@@ -136,9 +152,13 @@ def _tensor_ids(session: Session, run_id: str, batch: wire.Batch) -> dict[tuple[
     """Ids of every tensor the batch mentions, creating the new ones in batch order."""
     info: dict[tuple[str, str], wire.TensorInfo] = {(t.name, t.kind): t for t in batch.tensors}
     wanted: dict[tuple[str, str], None] = dict.fromkeys(info)
-    blocks: list[wire.Stats | wire.Histograms] = [*batch.stats, *batch.histograms]
+    blocks: list[wire.Stats | wire.Histograms | wire.UnitMeans] = [
+        *batch.stats, *batch.histograms, *batch.unit_means,
+    ]  # fmt: skip
     for block in blocks:
         wanted.setdefault((block.name, block.kind), None)
+    for change in batch.weight_changes:
+        wanted.setdefault((change.name, "weight"), None)
     if not wanted:
         return {}
 
@@ -152,9 +172,8 @@ def _tensor_ids(session: Session, run_id: str, batch: wire.Batch) -> dict[tuple[
     known = existing()
     missing = [key for key in wanted if key not in known]
     if missing:
-        _insert_ignoring_duplicates(
-            session,
-            _TENSORS,
+        session.execute(
+            insert_ignoring_duplicates(session, _TENSORS),
             [
                 {"run_id": run_id, "name": n, "kind": k, **_tensor_meta(info.get((n, k)))}
                 for n, k in missing
@@ -223,6 +242,48 @@ def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -
             )
         )  # fmt: skip
     return rows
+
+
+def _unit_mean_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Record]:
+    rows: list[Record] = []
+    for block in batch.unit_means:
+        n = len(block.steps)
+        tensor_id = tensor_ids[(block.name, block.kind)]
+        units = (len(values) // 4 for values in block.values)
+        rows.extend(
+            zip(repeat(tensor_id, n), block.steps, repeat(batch.rank, n), units, block.values,
+                strict=False)
+        )  # fmt: skip
+    return rows
+
+
+def _weight_change_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Record]:
+    rows: list[Record] = []
+    for block in batch.weight_changes:
+        n = len(block.steps)
+        tensor_id = tensor_ids[(block.name, "weight")]
+        rows.extend(
+            zip(repeat(tensor_id, n), block.steps, repeat(batch.rank, n), block.since_prev,
+                block.since_init, block.update_ratio, strict=False)
+        )  # fmt: skip
+    return rows
+
+
+def _store_models(session: Session, run_id: str, batch: wire.Batch) -> None:
+    """Keep the first tree each rank sends for a model; a later one is ignored, not refused.
+
+    A resumed run sends its tree again; refusing a batch over a changed tree
+    would throw its measurements away with it.
+    """
+    rows = [
+        {"run_id": run_id, "rank": batch.rank, "model": tree.name, "path": module.path,
+         "position": position, "type": module.type, "params": module.params,
+         "trainable": module.trainable, "inputs": module.inputs, "outputs": module.outputs}
+        for tree in batch.models
+        for position, module in enumerate(tree.modules)
+    ]  # fmt: skip
+    for start in range(0, len(rows), 1000):
+        session.execute(insert_ignoring_duplicates(session, _MODULES), rows[start : start + 1000])
 
 
 def _scalar_rows(batch: wire.Batch, run_id: str) -> list[Record]:

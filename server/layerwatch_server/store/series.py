@@ -21,7 +21,7 @@ from layerwatch_server.schemas import (
 )
 
 
-def _tensor_id(session: Session, run_id: str, name: str, kind: str) -> int:
+def find_tensor_id(session: Session, run_id: str, name: str, kind: str) -> int:
     tensor_id = session.scalar(
         select(SqlTensor.id).where(
             SqlTensor.run_id == run_id, SqlTensor.name == name, SqlTensor.kind == kind
@@ -37,7 +37,7 @@ def _tensor_id(session: Session, run_id: str, name: str, kind: str) -> int:
 _Query = TypeVar("_Query", bound=Select)  # type: ignore[type-arg]
 
 
-def _page(
+def page_by_step(
     query: _Query,
     step_column: Any,
     *,
@@ -72,7 +72,7 @@ def _shape_series(
     return rows, len(rows), False, next_after
 
 
-def _floats(values: list[Any]) -> list[float]:
+def as_floats(values: list[Any]) -> list[float]:
     floats: list[float] = np.array(values, dtype=np.float64).tolist()  # None (SQLite's NaN) -> nan
     return floats
 
@@ -92,10 +92,10 @@ def get_series(
     max_points: int | None = None,
 ) -> SeriesPublic:
     """One statistic over steps: a page at full resolution, or the range downsampled."""
-    tensor_id = _tensor_id(session, run_id, tensor, kind)
+    tensor_id = find_tensor_id(session, run_id, tensor, kind)
     column = getattr(SqlStat, stat)
     query = select(SqlStat.step, column).where(SqlStat.tensor_id == tensor_id, SqlStat.rank == rank)
-    query = _page(
+    query = page_by_step(
         query,
         SqlStat.step,
         start=start,
@@ -111,7 +111,7 @@ def get_series(
         stat=stat,
         rank=rank,
         steps=[r[0] for r in rows],
-        values=_floats([r[1] for r in rows]),
+        values=as_floats([r[1] for r in rows]),
         total=total,
         downsampled=downsampled,
         next_after_step=next_after,
@@ -148,7 +148,7 @@ def get_scalar_series(
     query = select(SqlScalar.step, SqlScalar.value, SqlScalar.time).where(
         SqlScalar.run_id == run_id, SqlScalar.name == name, SqlScalar.rank == rank
     )
-    query = _page(
+    query = page_by_step(
         query,
         SqlScalar.step,
         start=start,
@@ -167,7 +167,7 @@ def get_scalar_series(
         name=name,
         rank=rank,
         steps=[r[0] for r in rows],
-        values=_floats([r[1] for r in rows]),
+        values=as_floats([r[1] for r in rows]),
         times=[r[2] for r in rows],
         total=total,
         downsampled=downsampled,
@@ -202,13 +202,13 @@ def get_histograms(
     limit: int = 1000,
 ) -> HistogramsPublic:
     """Histograms of one tensor: at one ``step``, or a page of a step range."""
-    tensor_id = _tensor_id(session, run_id, tensor, kind)
+    tensor_id = find_tensor_id(session, run_id, tensor, kind)
     if step is not None:
         start = end = step
     query = select(SqlHistogram).where(
         SqlHistogram.tensor_id == tensor_id, SqlHistogram.rank == rank
     )
-    query = _page(
+    query = page_by_step(
         query, SqlHistogram.step, start=start, end=end, after_step=after_step, limit=limit
     )
     rows = list(session.scalars(query))

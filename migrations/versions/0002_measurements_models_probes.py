@@ -1,0 +1,127 @@
+"""Unit means, weight changes, model trees and probes; per-batch counts of the new records.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "modules",
+        sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=250), nullable=False),
+        sa.Column("path", sa.String(length=250), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("type", sa.String(length=250), nullable=False),
+        sa.Column("params", sa.BigInteger(), nullable=False),
+        sa.Column("trainable", sa.BigInteger(), nullable=False),
+        sa.Column("inputs", sa.JSON(), nullable=True),
+        sa.Column("outputs", sa.JSON(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["runs.id"], name=op.f("fk_modules_run_id_runs"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("run_id", "rank", "model", "path", name=op.f("pk_modules")),
+        sqlite_with_rowid=False,
+    )
+    op.create_table(
+        "probes",
+        sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("samples", sa.Integer(), nullable=False),
+        sa.Column("labels", sa.LargeBinary(), nullable=True),
+        sa.Column("predictions", sa.LargeBinary(), nullable=True),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["runs.id"], name=op.f("fk_probes_run_id_runs"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("run_id", "step", "rank", name=op.f("pk_probes")),
+    )
+    op.create_table(
+        "probe_layers",
+        sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=250), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("features_shape", sa.JSON(), nullable=False),
+        sa.Column("features", sa.LargeBinary(), nullable=False),
+        sa.Column("source_shape", sa.JSON(), nullable=True),
+        sa.Column("reduced", sa.String(length=16), nullable=False),
+        sa.Column("maps_shape", sa.JSON(), nullable=True),
+        sa.Column("maps", sa.LargeBinary(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["run_id", "step", "rank"],
+            ["probes.run_id", "probes.step", "probes.rank"],
+            name=op.f("fk_probe_layers_run_id_probes"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("run_id", "step", "rank", "name", name=op.f("pk_probe_layers")),
+    )
+    op.create_table(
+        "unit_means",
+        sa.Column("tensor_id", sa.Integer(), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("units", sa.Integer(), nullable=False),
+        sa.Column("means", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tensor_id"],
+            ["tensors.id"],
+            name=op.f("fk_unit_means_tensor_id_tensors"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("tensor_id", "step", "rank", name=op.f("pk_unit_means")),
+        sqlite_with_rowid=False,
+    )
+    op.create_table(
+        "weight_changes",
+        sa.Column("tensor_id", sa.Integer(), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("since_prev", sa.Double(), nullable=True),
+        sa.Column("since_init", sa.Double(), nullable=True),
+        sa.Column("update_ratio", sa.Double(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["tensor_id"],
+            ["tensors.id"],
+            name=op.f("fk_weight_changes_tensor_id_tensors"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("tensor_id", "step", "rank", name=op.f("pk_weight_changes")),
+        sqlite_with_rowid=False,
+    )
+    with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("unit_means", sa.Integer(), server_default=sa.text("0"), nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column("weight_changes", sa.Integer(), server_default=sa.text("0"), nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column("models", sa.Integer(), server_default=sa.text("0"), nullable=False)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.drop_column("models")
+        batch_op.drop_column("weight_changes")
+        batch_op.drop_column("unit_means")
+
+    op.drop_table("weight_changes")
+    op.drop_table("unit_means")
+    op.drop_table("probe_layers")
+    op.drop_table("probes")
+    op.drop_table("modules")

@@ -1,0 +1,204 @@
+"""Probes: the model's outputs on the fixed probe inputs, one row per probe and layer.
+
+A probe may arrive in parts (a client splits one the server answered 413 to):
+the first part creates the probe, later parts add layers. Every write is
+idempotent: a part sent again with the same content stores nothing new, and
+one that contradicts what is stored is refused whole, so a stored probe never
+changes.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
+
+from layerwatch import wire
+from layerwatch_server.errors import Conflict, NotFound, RunNotFound
+from layerwatch_server.models import SqlProbe, SqlProbeLayer, SqlRun, utcnow
+from layerwatch_server.schemas import ProbeLayerSummary, ProbesPublic, ProbeSummary
+from layerwatch_server.store.ingest import insert_ignoring_duplicates
+
+_PROBES: Table = SqlProbe.__table__  # type: ignore[assignment]
+
+
+def ingest_probe(session: Session, run_id: str, probe: wire.Probe) -> wire.ProbeReceipt:
+    """Store ``probe`` (or one part of it) for run ``run_id`` in the session's transaction."""
+    if session.get(SqlRun, run_id) is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+    where = f"probe at step {probe.step} (rank {probe.rank})"
+    key = (run_id, probe.step, probe.rank)
+    # Create the probe row unless it exists, then lock it: parts of one probe
+    # arriving at once wait here for each other.
+    session.execute(
+        insert_ignoring_duplicates(session, _PROBES),
+        {"run_id": run_id, "step": probe.step, "rank": probe.rank, "samples": probe.samples,
+         "received_at": utcnow()},
+    )  # fmt: skip
+    stored = session.get(SqlProbe, key, with_for_update=True, populate_existing=True)
+    assert stored is not None
+    if stored.samples != probe.samples:
+        raise Conflict(f"{where} is stored with {stored.samples} samples, not {probe.samples}")
+    for field in ("labels", "predictions"):
+        new, old = getattr(probe, field), getattr(stored, field)
+        if new is not None and old is not None and bytes(old) != new:
+            raise Conflict(f"{where}: `{field}` differ from the ones stored")
+        if new is not None and old is None:
+            setattr(stored, field, new)
+    session.flush()
+
+    existing = {
+        layer.name: layer
+        for layer in session.scalars(
+            select(SqlProbeLayer).where(
+                SqlProbeLayer.run_id == run_id,
+                SqlProbeLayer.step == probe.step,
+                SqlProbeLayer.rank == probe.rank,
+                SqlProbeLayer.name.in_([layer.name for layer in probe.layers]),
+            )
+        )
+    }
+    position = _next_position(session, key)
+    added = 0
+    for layer in probe.layers:
+        row = _layer_row(layer)
+        old_layer = existing.get(layer.name)
+        if old_layer is not None:
+            if any(_differs(getattr(old_layer, field), value) for field, value in row.items()):
+                raise Conflict(f"{where}: layer `{layer.name}` is stored with other values")
+            continue
+        session.add(
+            SqlProbeLayer(run_id=run_id, step=probe.step, rank=probe.rank, position=position, **row)
+        )
+        position += 1
+        added += 1
+    session.flush()
+    return wire.ProbeReceipt(step=probe.step, layers=added)
+
+
+def _layer_row(layer: wire.ProbeLayer) -> dict[str, object]:
+    return {
+        "name": layer.name,
+        "features_shape": list(layer.features_shape),
+        "features": layer.features,
+        "source_shape": None if layer.source_shape is None else list(layer.source_shape),
+        "reduced": layer.reduced,
+        "maps_shape": None if layer.maps_shape is None else list(layer.maps_shape),
+        "maps": layer.maps,
+    }
+
+
+def _differs(old: object, new: object) -> bool:
+    if isinstance(old, memoryview):
+        old = bytes(old)
+    return old != new
+
+
+def _next_position(session: Session, key: tuple[str, int, int]) -> int:
+    positions = session.scalars(
+        select(SqlProbeLayer.position).where(
+            SqlProbeLayer.run_id == key[0],
+            SqlProbeLayer.step == key[1],
+            SqlProbeLayer.rank == key[2],
+        )
+    ).all()
+    return max(positions, default=-1) + 1
+
+
+def _require_run(session: Session, run_id: str) -> None:
+    if session.get(SqlRun, run_id) is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+
+
+def list_probes(session: Session, run_id: str, *, rank: int = 0) -> ProbesPublic:
+    """The probes of a run, by step, with their layers' shapes (no values)."""
+    _require_run(session, run_id)
+    probes = session.scalars(
+        select(SqlProbe)
+        .where(SqlProbe.run_id == run_id, SqlProbe.rank == rank)
+        .order_by(SqlProbe.step)
+    ).all()
+    layers: dict[int, list[ProbeLayerSummary]] = {probe.step: [] for probe in probes}
+    rows = session.execute(
+        select(
+            SqlProbeLayer.step,
+            SqlProbeLayer.name,
+            SqlProbeLayer.features_shape,
+            SqlProbeLayer.source_shape,
+            SqlProbeLayer.reduced,
+            SqlProbeLayer.maps_shape,
+        )
+        .where(SqlProbeLayer.run_id == run_id, SqlProbeLayer.rank == rank)
+        .order_by(SqlProbeLayer.step, SqlProbeLayer.position)
+    )
+    for step, name, features_shape, source_shape, reduced, maps_shape in rows:
+        layers[step].append(
+            ProbeLayerSummary(
+                name=name,
+                features_shape=features_shape,
+                source_shape=source_shape,
+                reduced=reduced,
+                maps_shape=maps_shape,
+            )
+        )
+    data = [
+        ProbeSummary(
+            step=probe.step,
+            rank=probe.rank,
+            samples=probe.samples,
+            labels=probe.labels is not None,
+            predictions=probe.predictions is not None,
+            layers=layers[probe.step],
+        )
+        for probe in probes
+    ]
+    return ProbesPublic(data=data, count=len(data))
+
+
+def get_probe(
+    session: Session,
+    run_id: str,
+    step: int,
+    *,
+    rank: int = 0,
+    layers: list[str] | None = None,
+) -> wire.Probe:
+    """A stored probe with its values, in the wire format it came in; ``layers`` picks some."""
+    _require_run(session, run_id)
+    probe = session.get(SqlProbe, (run_id, step, rank))
+    if probe is None:
+        raise NotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
+    query = select(SqlProbeLayer).where(
+        SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
+    )
+    if layers:
+        query = query.where(SqlProbeLayer.name.in_(layers))
+    stored = session.scalars(query.order_by(SqlProbeLayer.position)).all()
+    if layers:
+        missing = sorted(set(layers) - {layer.name for layer in stored})
+        if missing:
+            raise NotFound(f"probe at step {step} has no layer `{missing[0]}`")
+    return wire.Probe.model_construct(
+        step=probe.step,
+        rank=probe.rank,
+        samples=probe.samples,
+        labels=_bytes(probe.labels),
+        predictions=_bytes(probe.predictions),
+        layers=[
+            wire.ProbeLayer.model_construct(
+                name=layer.name,
+                features_shape=layer.features_shape,
+                features=bytes(layer.features),
+                source_shape=layer.source_shape,
+                reduced=cast(wire.Reduction, layer.reduced),
+                maps_shape=layer.maps_shape,
+                maps=_bytes(layer.maps),
+            )
+            for layer in stored
+        ],
+    )
+
+
+def _bytes(value: bytes | memoryview | None) -> bytes | None:
+    return None if value is None else bytes(value)
