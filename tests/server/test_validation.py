@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from batches import histogram, make_batch, new_id, sample_batch, scalars_block, stats_block
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +27,17 @@ from sqlalchemy import Engine, select
 
 from layerwatch import wire
 from layerwatch_server.config import Settings
-from layerwatch_server.models import SqlHistogram, SqlScalar, SqlStat, SqlTensor
+from layerwatch_server.models import (
+    SqlHistogram,
+    SqlModule,
+    SqlProbe,
+    SqlProbeLayer,
+    SqlScalar,
+    SqlStat,
+    SqlTensor,
+    SqlUnitMean,
+    SqlWeightChange,
+)
 
 Doc = dict[str, Any]
 
@@ -37,6 +48,27 @@ def valid_doc() -> Doc:
     doc["histograms"].append(histogram("fc1", 1, [1, 2, 3], edges=[0.0, 1.0, 2.0, 3.0]))
     doc["scalars"][0]["times"] = [1.0, 2.0, 3.0]
     return doc
+
+
+def valid_probe() -> Doc:
+    """A valid probe of 3 samples and two layers, as the JSON a client would send."""
+
+    def packed(dtype: str, values: list[float]) -> str:
+        return base64.b64encode(np.array(values, dtype=dtype).tobytes()).decode()
+
+    return {
+        "step": 3,
+        "samples": 3,
+        "labels": packed("<i4", [0, 1, 1]),
+        "predictions": packed("<i4", [0, 1, 0]),
+        "layers": [
+            {"name": "fc1", "features_shape": [3, 2],
+             "features": packed("<f2", [1, 2, 3, 4, 5, 6])},
+            {"name": "conv", "features_shape": [3, 1], "features": packed("<f2", [0, 1, 2]),
+             "source_shape": [1, 2, 2], "reduced": "pooled", "maps_shape": [1, 1, 2, 2],
+             "maps": packed("<f2", [1, 2, 3, 4])},
+        ],
+    }  # fmt: skip
 
 
 def create_run(api: httpx.Client) -> str:
@@ -138,6 +170,28 @@ BAD_BATCHES: dict[str, tuple[Callable[[Doc], Any], str]] = {
     "negative rank": (_set("rank", -1), "rank"),
     "rank over int32": (_set("rank", 2**31), "rank"),
     "stats not a list": (_set("stats", {"name": "fc1"}), "stats"),
+    # unit means, weight changes, model trees
+    "unit means not base64": (_set("unit_means.0.values.0", "%%%"), "values"),
+    "unit means not whole floats": (_set("unit_means.0.values.0", "AAAAAAA="), "values"),
+    "unit means of 4097 units": (
+        _set("unit_means.0.values.0", base64.b64encode(bytes(4 * 4097)).decode()),
+        "values",
+    ),
+    "unit means of varying width": (
+        _set("unit_means.0.values.1", base64.b64encode(bytes(4 * 3)).decode()),
+        "units",
+    ),
+    "unit means one short": (lambda d: d["unit_means"][0]["values"].pop(), "values"),
+    "weight change column one short": (
+        lambda d: d["weight_changes"][0]["since_init"].pop(),
+        "since_init",
+    ),
+    "weight change as text": (_set("weight_changes.0.update_ratio.0", "big"), "update_ratio"),
+    "model tree without modules": (_set("models.0.modules", []), "modules"),
+    "model tree with a path twice": (_set("models.0.modules.2.path", "fc1"), "unique"),
+    "module with negative params": (_set("models.0.modules.1.params", -1), "params"),
+    "module shape negative": (_set("models.0.modules.1.outputs", [[8, -16]]), "outputs"),
+    "module type empty": (_set("models.0.modules.1.type", ""), "type"),
 }
 
 
@@ -453,10 +507,9 @@ def assembled_docs(draw: st.DrawFn) -> Doc:
 
 
 def _shift_steps(doc: Doc, offset: int) -> None:
-    for block in (*doc["stats"], *doc["scalars"]):
-        block["steps"] = [step + offset for step in block["steps"]]
-    for block in doc["histograms"]:
-        block["steps"] = [step + offset for step in block["steps"]]
+    for field_name in ("stats", "scalars", "histograms", "unit_means", "weight_changes"):
+        for block in doc.get(field_name, ()):
+            block["steps"] = [step + offset for step in block["steps"]]
 
 
 _fresh_steps = itertools.count(1000, 1000)
@@ -466,7 +519,7 @@ def _snapshot(engine: Engine, run_id: str) -> dict[tuple[Any, ...], tuple[Any, .
     """Every measurement of the run, keyed by what identifies it."""
     rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     with engine.connect() as connection:
-        for model in (SqlStat, SqlHistogram):
+        for model in (SqlStat, SqlHistogram, SqlUnitMean, SqlWeightChange):
             query = select(SqlTensor.name, SqlTensor.kind, model).join(
                 SqlTensor, SqlTensor.id == model.tensor_id
             )
@@ -476,6 +529,15 @@ def _snapshot(engine: Engine, run_id: str) -> dict[tuple[Any, ...], tuple[Any, .
         query = select(SqlScalar).where(SqlScalar.run_id == run_id)
         for _, name, step, rank, *values in connection.execute(query):
             rows[("scalars", name, step, rank)] = tuple(map(repr, values))
+        for model in (SqlModule, SqlProbe, SqlProbeLayer):
+            table: Any = model.__table__
+            keys = [column.name for column in table.primary_key.columns]
+            query = select(table).where(table.c.run_id == run_id)
+            for stored in connection.execute(query).mappings():
+                values = [
+                    repr(v) for k, v in stored.items() if k not in keys and k != "received_at"
+                ]
+                rows[(table.name, *(stored[k] for k in keys))] = tuple(values)
     return rows
 
 
@@ -483,6 +545,7 @@ def _snapshot(engine: Engine, run_id: str) -> dict[tuple[Any, ...], tuple[Any, .
 class FuzzTarget:
     run_id: str
     stored: Doc = field(repr=False)  # the batch it holds
+    probe: Doc = field(repr=False)  # the probe it holds
     rows: dict[tuple[Any, ...], tuple[Any, ...]] = field(repr=False)  # its rows, by key
 
 
@@ -493,7 +556,9 @@ def fuzz_target(api: httpx.Client, engine: Engine) -> FuzzTarget:
     doc["stats"][0]["mean"] = ["NaN", "Infinity", "-Infinity"]
     run_id = create_run(api)
     api.post(f"/runs/{run_id}/batches", json=doc).raise_for_status()
-    return FuzzTarget(run_id, doc, _snapshot(engine, run_id))
+    probe = valid_probe()
+    api.post(f"/runs/{run_id}/probes", json=probe).raise_for_status()
+    return FuzzTarget(run_id, doc, probe, _snapshot(engine, run_id))
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -503,8 +568,14 @@ def test_fuzzed_requests_never_fail_the_server_or_history(
 ) -> None:
     run_id, stored, before = fuzz_target.run_id, fuzz_target.stored, fuzz_target.rows
     new_steps = next(_fresh_steps)
-    kind = data.draw(st.sampled_from(["mutated", "mutated", "assembled", "json", "bytes", "run"]))
-    if kind == "assembled":
+    kinds = ["mutated", "mutated", "assembled", "json", "bytes", "run", "probe", "probe"]
+    kind = data.draw(st.sampled_from(kinds))
+    if kind == "probe":
+        base = copy.deepcopy(fuzz_target.probe)
+        if data.draw(st.booleans()):
+            base["step"] = new_steps
+        content = json.dumps(data.draw(mutated_docs(base))).encode()
+    elif kind == "assembled":
         content = json.dumps(data.draw(assembled_docs())).encode()
     elif kind == "mutated":
         base = copy.deepcopy(stored)
@@ -527,7 +598,7 @@ def test_fuzzed_requests_never_fail_the_server_or_history(
     headers = {"Content-Type": "application/json"}
     if encoding:
         headers["Content-Encoding"] = encoding
-    path = "/runs" if kind == "run" else f"/runs/{run_id}/batches"
+    path = {"run": "/runs", "probe": f"/runs/{run_id}/probes"}.get(kind, f"/runs/{run_id}/batches")
 
     # A connection of its own: uvicorn closes one after a 500, failing the next request on it.
     with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10, verify=False) as client:
