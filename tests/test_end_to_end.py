@@ -36,7 +36,8 @@ def _train(
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = len(x) // steps_per_epoch
     with layerwatch.Run(server, project="e2e", name="iris", config={"lr": 0.1}) as run:
-        run.watch(model, optimizer=optimizer, every=every, probe=(x[:PROBE], y[:PROBE]))
+        run.watch(model, optimizer=optimizer, every=every, probe=(x[:PROBE], y[:PROBE]),
+                  probe_attributions=4)  # fmt: skip
         for _ in range(epochs):
             for i in range(steps_per_epoch):
                 xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
@@ -112,6 +113,11 @@ def test_training_run_is_stored_queried_and_plotted(live_server: str) -> None:
         np.testing.assert_allclose(got, outputs.numpy(), rtol=1e-2, atol=1e-2)  # float16
         predictions = np.frombuffer(last.predictions or b"", "<i4")
         assert predictions.tolist() == outputs.argmax(1).tolist()
+        assert last.attributions is not None  # integrated gradients of 4 samples
+        assert (last.attributions.shape, probes[-1]["attributions"]) == ([4, 4], [4, 4])
+        shares = np.frombuffer(last.attributions.values, "<f4").reshape(4, 4)
+        assert np.isfinite(shares).all()
+        assert np.abs(shares).sum() > 0
 
         png = http.get(
             f"{base}/plots/series.png", params={"tensor": names, "stat": "std"}

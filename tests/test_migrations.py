@@ -43,7 +43,8 @@ def schema_drift(engine: Engine) -> list[object]:
 
 def test_models_and_tables_agree() -> None:
     expected = {"projects", "runs", "tensors", "stats", "histograms", "scalars", "batches",
-                "unit_means", "weight_changes", "modules", "probes", "probe_layers"}  # fmt: skip
+                "unit_means", "weight_changes", "modules", "probes", "probe_layers",
+                "probe_attributions"}  # fmt: skip
     assert expected == TABLES
 
 

@@ -37,22 +37,40 @@ def make_probe_config(
     every: int | None,
     features: int,
     submit: Callable[[wire.Probe, int], bool],
+    attributions: int = 0,
+    attribution_steps: int = 32,
 ) -> ProbeConfig | None:
     """The probe settings of `Run.watch()`, checked; None when it has no probe."""
     if probe is None:
-        if every is not None:
-            raise ConfigError("`probe_every` needs `probe=` inputs")
+        if every is not None or attributions:
+            raise ConfigError("`probe_every` and `probe_attributions` need `probe=` inputs")
         return None
     from layerwatch.probe import ProbeSet, check_probe_options
 
     every = None if every is None else check_count("probe_every", every)
+    check_count("attribution_steps", attribution_steps)
+    if (
+        isinstance(attributions, bool)
+        or not isinstance(attributions, int)
+        or not (0 <= attributions <= wire.MAX_ATTRIBUTION_SAMPLES)
+    ):
+        raise ConfigError(
+            f"`probe_attributions` must be 0-{wire.MAX_ATTRIBUTION_SAMPLES}, not {attributions!r}"
+        )
+    if attributions:
+        from layerwatch.attribution import require_captum
+
+        require_captum()
     check_probe_options(features=features, maps=16, map_size=32, max_channels=64,
                         batch_size=256)  # fmt: skip
     if isinstance(probe, tuple) and len(probe) == 2:
         inputs, labels = probe
     else:
         inputs, labels = probe, None
-    return ProbeConfig(ProbeSet(inputs, labels), every, features, submit)
+    probe_set = ProbeSet(inputs, labels)
+    if attributions and probe_set.single_input(1, None) is None:
+        raise ConfigError("`probe_attributions` needs probe inputs of one float tensor")
+    return ProbeConfig(probe_set, every, features, submit, attributions, attribution_steps)
 
 
 def capture_options(**values: object) -> CaptureOptions:

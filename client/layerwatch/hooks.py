@@ -60,6 +60,8 @@ class ProbeConfig:
     every: int | None  # steps; None: only at `Run.probe()`
     features: int
     submit: Callable[[wire.Probe, int], bool]
+    attributions: int = 0  # samples explained by integrated gradients
+    attribution_steps: int = 32
 
 
 class Watch:
@@ -253,12 +255,20 @@ class Watch:
         from layerwatch.probe import run_probe
 
         config = self._probe
-        payloads = run_probe(
-            self._model, config.probe_set, self._modules, step=self._step,
-            features=config.features,
-        )  # fmt: skip
+        # Attributions run forwards with gradients on: not a training pass to record.
+        capturing, self._capturing = self._capturing, False
+        try:
+            payloads = run_probe(
+                self._model, config.probe_set, self._modules, step=self._step,
+                features=config.features, attributions=config.attributions,
+                attribution_steps=config.attribution_steps,
+            )  # fmt: skip
+        finally:
+            self._capturing = capturing and not self._removed
         for payload in payloads:
             size = sum(len(layer.features) + len(layer.maps or b"") for layer in payload.layers)
+            if payload.attributions is not None:
+                size += len(payload.attributions.values)
             config.submit(payload, size)
         return len(payloads)
 

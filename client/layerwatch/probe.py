@@ -35,6 +35,7 @@ packed values, about 11 MiB of base64: well under the server's 32 MiB body limit
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,6 +63,7 @@ __all__ = [
 logger = logging.getLogger("layerwatch")
 
 DEFAULT_MAX_SAMPLES: Final = 1024
+DEFAULT_ATTRIBUTION_STEPS: Final = 32
 MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
 """Most packed bytes (features, maps, labels, predictions) of one `wire.Probe`."""
 
@@ -140,6 +142,15 @@ class ProbeSet:
                 self._labels = self._labels[:max_samples]
         self.packed_labels = None if self._labels is None else _pack_int32(self._labels)
         """Base64 of the labels as little-endian int32, ready for `wire.Probe.labels`."""
+
+    def single_input(self, count: int, device: torch.device | None) -> torch.Tensor | None:
+        """The first `count` samples when the model takes one float tensor, else None."""
+        if self._kwargs or len(self._args) != 1:
+            return None
+        [inputs] = self._args
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+            return None
+        return inputs[:count] if device is None else inputs[:count].to(device)
 
     @property
     def labels(self) -> torch.Tensor | None:
@@ -251,6 +262,8 @@ def run_probe(
     max_channels: int = 64,
     batch_size: int = 256,
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+    attributions: int = 0,
+    attribution_steps: int = DEFAULT_ATTRIBUTION_STEPS,
 ) -> list[wire.Probe]:
     """Run the probe inputs through `model` and return its layers' outputs as payloads.
 
@@ -270,7 +283,12 @@ def run_probe(
 
     Returns payloads of the same `step`, each under `max_payload_bytes` of packed
     data (a single bigger layer goes alone); the first carries the labels and the
-    predictions. When the forward raises, the hooks are removed, the state restored,
+    predictions. With `attributions` > 0 (Captum needed, extra `attribution`), the
+    first payload also carries integrated gradients of the first `attributions`
+    samples toward their labels (else the predicted class), `attribution_steps`
+    steps each, evaluated `batch_size` inputs at a time (Captum's
+    `internal_batch_size`), so memory stays that of one probe chunk; see
+    `layerwatch.attribution`. When the forward raises, the hooks are removed, the state restored,
     one warning logged and `[]` returned: a probe never stops training. Only bad
     options raise (`ConfigError`, see `check_probe_options`).
     """
@@ -284,7 +302,15 @@ def run_probe(
     layers = [_Layer(name) for name in names]
     options = _Options(features, maps, map_size, max_channels)
     try:
-        predictions = _forward(model, probe_set, modules, layers, options, batch_size)
+        with kept_state(model) as device:
+            predictions = _forward(model, probe_set, modules, layers, options, batch_size, device)
+            explained = None
+            if attributions:
+                targets = probe_set.labels if probe_set.labels is not None else (
+                    None if predictions is None else torch.cat(predictions)
+                )  # fmt: skip
+                explained = _attribute(model, probe_set, targets, attributions,
+                                       attribution_steps, batch_size, device)  # fmt: skip
         packed = None if predictions is None else _pack_int32(torch.cat(predictions))
         probe_layers = [_to_wire(layer, probe_set.samples) for layer in layers]
         skipped = [f"{layer.name} ({layer.skipped})" for layer in layers if layer.skipped]
@@ -292,29 +318,62 @@ def run_probe(
             logger.info("layerwatch: the probe leaves out %s", ", ".join(skipped))
         return _split([p for p in probe_layers if p is not None], step=step, rank=rank,
                       samples=probe_set.samples, labels=probe_set.packed_labels,
-                      predictions=packed, max_bytes=max_payload_bytes)  # fmt: skip
+                      predictions=packed, attributions=explained,
+                      max_bytes=max_payload_bytes)  # fmt: skip
     except Exception:
         logger.warning("layerwatch: the probe at step %d failed; nothing sent", step, exc_info=True)
         return []
 
 
-def _forward(model: nn.Module, probe_set: ProbeSet, modules: Sequence[tuple[str, nn.Module]],
-             layers: list[_Layer], options: _Options, batch_size: int,
-) -> list[torch.Tensor] | None:  # fmt: skip
-    """Run every chunk with the hooks on; put the model's state back whatever happens.
+@contextlib.contextmanager
+def kept_state(model: nn.Module) -> Iterator[torch.device | None]:
+    """Put the model's state back on leaving, whatever ran; yields the model's device.
 
-    Returns the predictions of each chunk, or None when the output is not logits."""
+    Kept: every module's `training` flag, the CPU and CUDA RNG states, and the
+    normalisation modules' running statistics; any other buffer that changed (by its
+    version counter) is logged. Parameters' `.grad` need no keeping: nothing run
+    here accumulates into them.
+    """
     params = list(model.parameters())
     first = params[0] if params else next(iter(model.buffers()), None)
-    device = None if first is None else first.device
     cuda = sorted({p.device.index or 0 for p in params if p.is_cuda})
     flags = [(module, module.training) for module in model.modules()]  # the model first
     norms = [b for m in model.modules() if isinstance(m, _NormBase) for b in m.buffers()]
     saved = [(b, b.clone()) for b in norms]  # running stats: a few KiB
     versions = [(name, b, b._version) for name, b in model.named_buffers()]
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield None if first is None else first.device
+    finally:
+        model.train(flags[0][1])  # symmetric with eval(): a user's train() override runs
+        for module, training in flags:
+            module.training = training
+        with torch.no_grad():
+            for buffer, copy in saved:
+                # batch_norm updates its running stats without bumping their version
+                # counter: compare values, and write only what changed, so that a graph
+                # that saved these buffers is not invalidated for nothing.
+                if not torch.equal(buffer, copy):
+                    buffer.copy_(copy)
+        restored = {id(b) for b in norms}
+        changed = [n for n, b, v in versions if b._version != v and id(b) not in restored]
+        if changed:
+            logger.warning(
+                "layerwatch: the probe's eval forward changed buffers %s; left as they are",
+                ", ".join(changed),
+            )
+
+
+def _forward(model: nn.Module, probe_set: ProbeSet, modules: Sequence[tuple[str, nn.Module]],
+             layers: list[_Layer], options: _Options, batch_size: int,
+             device: torch.device | None,
+) -> list[torch.Tensor] | None:  # fmt: skip
+    """Run every chunk in eval mode with the hooks on (the caller keeps the state).
+
+    Returns the predictions of each chunk, or None when the output is not logits."""
     handles = []
     try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        with torch.no_grad():
             model.eval()
             handles = [module.register_forward_hook(_hook(layer, options))
                        for layer, (_, module) in zip(layers, modules, strict=True)]  # fmt: skip
@@ -333,23 +392,6 @@ def _forward(model: nn.Module, probe_set: ProbeSet, modules: Sequence[tuple[str,
     finally:
         for handle in handles:
             handle.remove()
-        model.train(flags[0][1])  # symmetric with eval(): a user's train() override runs
-        for module, training in flags:
-            module.training = training
-        with torch.no_grad():
-            for buffer, copy in saved:
-                # batch_norm updates its running stats without bumping their version
-                # counter: compare values, and write only what changed, so that a graph
-                # that saved these buffers is not invalidated for nothing.
-                if not torch.equal(buffer, copy):
-                    buffer.copy_(copy)
-        restored = {id(b) for b in norms}
-        changed = [n for n, b, v in versions if b._version != v and id(b) not in restored]
-        if changed:
-            logger.warning(
-                "layerwatch: the probe's eval forward changed buffers %s; left as they are",
-                ", ".join(changed),
-            )
 
 
 def _is_logits(output: torch.Tensor, rows: int) -> bool:
@@ -435,14 +477,37 @@ def _to_wire(layer: _Layer, samples: int) -> wire.ProbeLayer | None:
     )
 
 
+def _attribute(model: nn.Module, probe_set: ProbeSet, targets: torch.Tensor | None, count: int,
+               steps: int, batch_size: int, device: torch.device | None,
+) -> wire.ProbeAttributions | None:  # fmt: skip
+    """Integrated gradients of the first `count` samples, or None (logged) when it can't be."""
+    from layerwatch.attribution import integrated_gradients
+
+    inputs = probe_set.single_input(min(count, probe_set.samples), device)
+    if inputs is None:
+        logger.warning("layerwatch: attributions need probe inputs of one float tensor; none sent")
+        return None
+    if targets is None:
+        logger.warning("layerwatch: attributions need labels or logits to explain; none sent")
+        return None
+    try:
+        return integrated_gradients(model, inputs, targets[: len(inputs)], steps=steps,
+                                    batch_size=batch_size)  # fmt: skip
+    except Exception:
+        logger.warning("layerwatch: integrated gradients failed; none sent", exc_info=True)
+        return None
+
+
 def _split(layers: list[wire.ProbeLayer], *, step: int, rank: int, samples: int,
-           labels: bytes | None, predictions: bytes | None, max_bytes: int,
+           labels: bytes | None, predictions: bytes | None,
+           attributions: wire.ProbeAttributions | None, max_bytes: int,
 ) -> list[wire.Probe]:  # fmt: skip
     """Group layers into payloads of at most `max_bytes` packed bytes, in order."""
-    if not layers and labels is None and predictions is None:
+    if not layers and labels is None and predictions is None and attributions is None:
         return []
     groups: list[list[wire.ProbeLayer]] = [[]]
     size = (0 if labels is None else 4 * samples) + (0 if predictions is None else 4 * samples)
+    size += 0 if attributions is None else len(attributions.values)
     for layer in layers:
         nbytes = len(layer.features) + len(layer.maps or b"")
         full = len(groups[-1]) >= 1024  # `wire.Probe.layers` max_length
@@ -451,7 +516,7 @@ def _split(layers: list[wire.ProbeLayer], *, step: int, rank: int, samples: int,
             size = 0
         groups[-1].append(layer)
         size += nbytes
-    first = wire.Probe(step=step, rank=rank, samples=samples, layers=groups[0],
-                       labels=labels, predictions=predictions)  # fmt: skip
+    first = wire.Probe(step=step, rank=rank, samples=samples, layers=groups[0], labels=labels,
+                       predictions=predictions, attributions=attributions)  # fmt: skip
     return [first] + [wire.Probe(step=step, rank=rank, samples=samples, layers=group)
                       for group in groups[1:]]  # fmt: skip

@@ -244,6 +244,8 @@ class Run:
         probe: ProbeInputs | tuple[ProbeInputs, torch.Tensor | None] | None = None,
         probe_every: int | None = None,
         probe_features: int = 1024,
+        probe_attributions: int = 0,
+        attribution_steps: int = 32,
     ) -> Watch:
         """Capture `model`'s activations, weights and gradients every `every` steps.
 
@@ -292,6 +294,13 @@ class Run:
         * **probe_every** - probe when the step reaches a multiple of this; None
           (default) probes only when `run.probe()` is called, e.g. after each epoch.
         * **probe_features** - most values kept per sample and layer (1-16384).
+        * **probe_attributions** - at each probe, also explain the first this many
+          probe samples (0-64) with integrated gradients toward their label (or
+          the predicted class) from an all-zero baseline; needs Captum (extra
+          `attribution`) and probe inputs of one float tensor.
+        * **attribution_steps** - steps of the integrated-gradient path; each probe
+          then costs about `probe_attributions * attribution_steps` extra forward
+          and backward passes, run 256 at a time.
 
         Raises `ConfigError` for bad arguments, or when nothing is selected.
         """
@@ -306,8 +315,9 @@ class Run:
             )
         every = self._every if every is None else check_count("every", every)
         probe_config = make_probe_config(
-            probe, probe_every, probe_features, self._sender.submit_probe
-        )
+            probe, probe_every, probe_features, self._sender.submit_probe,
+            probe_attributions, attribution_steps,
+        )  # fmt: skip
         options = capture_options(
             activations=activations, weights=weights, gradients=gradients, bins=bins,
             sample_size=sample_size, unit_means=unit_means, weight_change=weight_change,

@@ -41,6 +41,9 @@ MAX_UNITS = 4096
 MAX_PROBE_SAMPLES = 4096
 MAX_PROBE_VALUES = 16 * 1024 * 1024
 """Most float16 values of one probed layer (samples x features, or feature maps)."""
+MAX_ATTRIBUTION_SAMPLES = 64
+MAX_ATTRIBUTION_VALUES = 4 * 1024 * 1024
+"""Most float32 values of a probe's attributions (samples x input size)."""
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -165,16 +168,21 @@ class Stats(_Model):
         return self
 
 
-def _packed_counts(value: bytes) -> bytes:
-    if not value or len(value) % 4 or len(value) > 4 * MAX_BINS:
-        raise ValueError(
-            f"packed counts must decode to 1-{MAX_BINS} little-endian uint32 values "
-            f"(got {len(value)} bytes)"
-        )
-    return value
+def _packed(what: str, dtype: str, itemsize: int, most: int) -> AfterValidator:
+    """A check that base64-decoded bytes hold 1 to `most` values of `itemsize` bytes."""
+
+    def check(value: bytes) -> bytes:
+        if not value or len(value) % itemsize or len(value) > itemsize * most:
+            raise ValueError(
+                f"packed {what} must decode to 1-{most} little-endian {dtype} values "
+                f"(got {len(value)} bytes)"
+            )
+        return value
+
+    return AfterValidator(check)
 
 
-PackedCounts = Annotated[Base64Bytes, AfterValidator(_packed_counts)]
+PackedCounts = Annotated[Base64Bytes, _packed("counts", "uint32", 4, MAX_BINS)]
 """Bin counts as base64 of little-endian uint32: compact and quick to encode and parse."""
 
 Counts = Annotated[list[Count], Field(min_length=1, max_length=MAX_BINS)] | PackedCounts
@@ -183,16 +191,7 @@ Counts = Annotated[list[Count], Field(min_length=1, max_length=MAX_BINS)] | Pack
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
-def _packed_floats(value: bytes) -> bytes:
-    if not value or len(value) % 4 or len(value) > 4 * MAX_UNITS:
-        raise ValueError(
-            f"packed values must decode to 1-{MAX_UNITS} little-endian float32 values "
-            f"(got {len(value)} bytes)"
-        )
-    return value
-
-
-PackedFloat32 = Annotated[Base64Bytes, AfterValidator(_packed_floats)]
+PackedFloat32 = Annotated[Base64Bytes, _packed("values", "float32", 4, MAX_UNITS)]
 """Base64 of little-endian float32 values (NaN and infinities allowed)."""
 
 Shape = Annotated[list[Count], Field(max_length=32)]
@@ -388,29 +387,11 @@ class BatchReceipt(_Model):
     models: int = Field(0, description="Model trees in the batch.")
 
 
-def _packed_halves(value: bytes) -> bytes:
-    if not value or len(value) % 2 or len(value) > 2 * MAX_PROBE_VALUES:
-        raise ValueError(
-            f"packed values must decode to 1-{MAX_PROBE_VALUES} little-endian float16 values "
-            f"(got {len(value)} bytes)"
-        )
-    return value
-
-
-PackedFloat16 = Annotated[Base64Bytes, AfterValidator(_packed_halves)]
+PackedFloat16 = Annotated[Base64Bytes, _packed("values", "float16", 2, MAX_PROBE_VALUES)]
 """Base64 of little-endian float16 values in C order."""
 
 
-def _packed_labels(value: bytes) -> bytes:
-    if not value or len(value) % 4 or len(value) > 4 * MAX_PROBE_SAMPLES:
-        raise ValueError(
-            f"packed labels must decode to 1-{MAX_PROBE_SAMPLES} little-endian int32 values "
-            f"(got {len(value)} bytes)"
-        )
-    return value
-
-
-PackedInt32 = Annotated[Base64Bytes, AfterValidator(_packed_labels)]
+PackedInt32 = Annotated[Base64Bytes, _packed("class indices", "int32", 4, MAX_PROBE_SAMPLES)]
 """Base64 of little-endian int32 values, one per probe sample."""
 
 
@@ -460,11 +441,46 @@ class ProbeLayer(_Model):
         return self
 
 
+PackedAttributions = Annotated[
+    Base64Bytes, _packed("attributions", "float32", 4, MAX_ATTRIBUTION_VALUES)
+]
+
+
+class ProbeAttributions(_Model):
+    """Integrated gradients of the first probe samples' inputs, toward one class each.
+
+    ``values`` has the shape ``(samples, *input shape)``: each input element's
+    share of the target logit's rise from an all-zero baseline, in float32 (the
+    shares are small, and float16 would flush many to zero). ``deltas`` holds each
+    sample's convergence delta: the shares' sum minus that rise, near zero when
+    ``steps`` was enough.
+    """
+
+    method: Literal["integrated_gradients"] = "integrated_gradients"
+    shape: Shape = Field(min_length=2)
+    values: PackedAttributions
+    targets: PackedInt32 = Field(description="The class each sample's values explain.")
+    steps: int = Field(ge=1, le=10_000, description="Steps of the path integral.")
+    deltas: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbeAttributions:
+        where = "attributions"
+        samples = self.shape[0]
+        if not 1 <= samples <= MAX_ATTRIBUTION_SAMPLES:
+            raise ValueError(f"{where}: 1-{MAX_ATTRIBUTION_SAMPLES} samples, not {samples}")
+        _check_packed(where, "values", self.values, self.shape, 4)
+        _check_packed(where, "targets", self.targets, [samples], 4)
+        if self.deltas is not None and len(self.deltas) != samples:
+            raise ValueError(f"{where}: {len(self.deltas)} deltas for {samples} samples")
+        return self
+
+
 class Probe(_Model):
     """The model's outputs on the fixed probe inputs at one step (or part of them).
 
     A probe's layers may come in several requests with the same ``step``: the
-    first one that carries ``labels`` / ``predictions`` sets them, later ones
+    first one that carries ``labels``, ``predictions`` or ``attributions`` sets them, later ones
     add layers. Sending a layer again with the same content is a no-op; with
     other content it is a conflict.
     """
@@ -478,6 +494,9 @@ class Probe(_Model):
         None, description="Predicted class of each sample (argmax of the model's output)."
     )
     layers: list[ProbeLayer] = Field(default_factory=list, max_length=1024)
+    attributions: ProbeAttributions | None = Field(
+        None, description="Integrated gradients of the first samples, when asked for."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Probe:
@@ -485,6 +504,8 @@ class Probe(_Model):
             data = getattr(self, field)
             if data is not None:
                 _check_packed(f"probe at step {self.step}", field, data, [self.samples], 4)
+        if self.attributions is not None and self.attributions.shape[0] > self.samples:
+            raise ValueError(f"probe at step {self.step}: attributions of more samples than it has")
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise ValueError(f"probe at step {self.step}: layer names must be unique")

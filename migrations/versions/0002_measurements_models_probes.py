@@ -1,4 +1,4 @@
-"""Unit means, weight changes, model trees and probes; per-batch counts of the new records.
+"""Unit means, weight changes, model trees, probes and attributions; new per-batch counts.
 
 Revision ID: 0002
 Revises: 0001
@@ -70,6 +70,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "step", "rank", "name", name=op.f("pk_probe_layers")),
     )
     op.create_table(
+        "probe_attributions",
+        sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("method", sa.String(length=32), nullable=False),
+        sa.Column("shape", sa.JSON(), nullable=False),
+        sa.Column("values", sa.LargeBinary(), nullable=False),
+        sa.Column("targets", sa.LargeBinary(), nullable=False),
+        sa.Column("steps", sa.Integer(), nullable=False),
+        sa.Column("deltas", sa.LargeBinary(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["run_id", "step", "rank"],
+            ["probes.run_id", "probes.step", "probes.rank"],
+            name=op.f("fk_probe_attributions_run_id_probes"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("run_id", "step", "rank", name=op.f("pk_probe_attributions")),
+    )
+    op.create_table(
         "unit_means",
         sa.Column("tensor_id", sa.Integer(), nullable=False),
         sa.Column("step", sa.BigInteger(), nullable=False),
@@ -122,6 +141,7 @@ def downgrade() -> None:
 
     op.drop_table("weight_changes")
     op.drop_table("unit_means")
+    op.drop_table("probe_attributions")
     op.drop_table("probe_layers")
     op.drop_table("probes")
     op.drop_table("modules")

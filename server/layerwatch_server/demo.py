@@ -8,6 +8,7 @@ plot endpoints into the output folder.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -64,7 +65,10 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
 
     with layerwatch.Run(server, project=PROJECT, name="digits-mlp", config=config) as run:
         # the held-out probe: what each layer makes of 256 test digits, once per epoch
-        run.watch(model, optimizer=optimizer, every=every, probe=(x_test[:256], y_test[:256]))
+        # and integrated gradients of 8 of them, when Captum is installed
+        explain = 8 if importlib.util.find_spec("captum") else 0
+        run.watch(model, optimizer=optimizer, every=every, probe=(x_test[:256], y_test[:256]),
+                  probe_attributions=explain)  # fmt: skip
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(x_train))

@@ -226,6 +226,33 @@ class SqlProbeLayer(Base):
     maps: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
+class SqlProbeAttributions(Base):
+    """Integrated gradients of a probe's first samples (see ``wire.ProbeAttributions``).
+
+    ``values`` is little-endian float32 of ``shape``, ``targets`` int32, and
+    ``deltas`` float64 (one per sample) when the client sent them.
+    """
+
+    __tablename__ = "probe_attributions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["run_id", "step", "rank"],
+            ["probes.run_id", "probes.step", "probes.rank"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    method: Mapped[str] = mapped_column(String(32))
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    values: Mapped[bytes] = mapped_column(LargeBinary)
+    targets: Mapped[bytes] = mapped_column(LargeBinary)
+    steps: Mapped[int] = mapped_column(Integer)
+    deltas: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
 class SqlScalar(Base):
     """One value of a user-logged scalar such as the loss."""
 

@@ -180,6 +180,9 @@ class ProbeSummary(_Public):
     labels: bool = Field(description="Whether the probe's labels are stored.")
     predictions: bool = Field(description="Whether the model's predictions are stored.")
     layers: list[ProbeLayerSummary]
+    attributions: list[int] | None = Field(
+        None, description="Shape of the stored integrated gradients, (samples, *input shape)."
+    )
 
 
 class ProbesPublic(_Public):

@@ -172,3 +172,62 @@ def test_missing_runs_probes_and_layers(api: httpx.Client, run_id: str) -> None:
     assert "fc9" in missing.json()["detail"]
     assert api.get(f"/runs/{run_id}/probes/-1").status_code == 422
     assert api.get(f"/runs/{run_id}/probes", params={"rank": 1}).json()["count"] == 0
+
+
+def attributions(samples: int = 2, seed: int = 0, **extra: object) -> dict[str, object]:
+    values = np.random.default_rng(seed).standard_normal((samples, 5)).astype("<f4")
+    return {
+        "shape": [samples, 5],
+        "values": b64(values),
+        "targets": b64(np.arange(samples, dtype="<i4")),
+        "steps": 32,
+        "deltas": [1e-4, "NaN"][:samples],  # a delta may be NaN
+        **extra,
+    }
+
+
+def test_attributions_round_trip_once(api: httpx.Client, run_id: str) -> None:
+    explained = attributions()
+    payload = probe(2, [layer("fc1", features(6, 5))], attributions=explained)
+    post(api, run_id, payload).raise_for_status()
+    post(api, run_id, payload).raise_for_status()  # a replay
+
+    [summary] = api.get(f"/runs/{run_id}/probes").json()["data"]
+    assert summary["attributions"] == [2, 5]
+    stored = wire.Probe.model_validate(api.get(f"/runs/{run_id}/probes/2").json())
+    assert stored.attributions is not None
+    assert stored.attributions.values == base64.b64decode(str(explained["values"]))
+    assert np.frombuffer(stored.attributions.targets, "<i4").tolist() == [0, 1]
+    assert stored.attributions.deltas is not None
+    assert stored.attributions.deltas[0] == 1e-4
+
+    other = probe(2, [], attributions=attributions(seed=1))
+    refused = post(api, run_id, other)
+    assert refused.status_code == 409
+    assert "attributions" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("explained", "message"),
+    [
+        (attributions(shape=[2, 4]), "values"),
+        (attributions(targets=b64(np.zeros(3, "<i4"))), "targets"),
+        (attributions(deltas=[0.0]), "deltas"),
+        (attributions(steps=0), "steps"),
+        (attributions(method="saliency"), "method"),
+        (attributions(samples=1, shape=[0, 5], values=b64(np.zeros(0, "<f4"))), "values"),
+    ],
+)
+def test_invalid_attributions_are_refused(
+    api: httpx.Client, run_id: str, explained: dict[str, object], message: str
+) -> None:
+    response = post(api, run_id, probe(0, [], attributions=explained))
+    assert response.status_code == 422, response.text
+    assert message in response.text
+
+
+def test_attributions_of_more_samples_than_the_probe(api: httpx.Client, run_id: str) -> None:
+    explained = attributions(samples=2)
+    response = post(api, run_id, probe(0, [], samples=1, attributions=explained) | {"labels": None})
+    assert response.status_code == 422
+    assert "more samples" in response.text

@@ -31,6 +31,7 @@ from layerwatch_server.models import (
     SqlHistogram,
     SqlModule,
     SqlProbe,
+    SqlProbeAttributions,
     SqlProbeLayer,
     SqlScalar,
     SqlStat,
@@ -68,6 +69,8 @@ def valid_probe() -> Doc:
              "source_shape": [1, 2, 2], "reduced": "pooled", "maps_shape": [1, 1, 2, 2],
              "maps": packed("<f2", [1, 2, 3, 4])},
         ],
+        "attributions": {"shape": [2, 2], "values": packed("<f4", [0.5, -1, 0, 2]),
+                         "targets": packed("<i4", [0, 1]), "steps": 16, "deltas": [0.0, 1e-3]},
     }  # fmt: skip
 
 
@@ -529,7 +532,7 @@ def _snapshot(engine: Engine, run_id: str) -> dict[tuple[Any, ...], tuple[Any, .
         query = select(SqlScalar).where(SqlScalar.run_id == run_id)
         for _, name, step, rank, *values in connection.execute(query):
             rows[("scalars", name, step, rank)] = tuple(map(repr, values))
-        for model in (SqlModule, SqlProbe, SqlProbeLayer):
+        for model in (SqlModule, SqlProbe, SqlProbeLayer, SqlProbeAttributions):
             table: Any = model.__table__
             keys = [column.name for column in table.primary_key.columns]
             query = select(table).where(table.c.run_id == run_id)

@@ -16,7 +16,7 @@ from layerwatch_server.schemas import (
     UnitMeansPublic,
     WeightChangesPublic,
 )
-from layerwatch_server.store.series import as_floats, find_tensor_id, page_by_step
+from layerwatch_server.store.series import as_floats, cut_page, find_tensor_id, page_by_step
 
 
 def get_unit_means(
@@ -39,11 +39,7 @@ def get_unit_means(
     query = page_by_step(
         query, SqlUnitMean.step, start=start, end=end, after_step=after_step, limit=limit
     )
-    rows = list(session.execute(query))
-    next_after = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_after = rows[-1][0]
+    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row[0])
     values = [np.frombuffer(means, dtype="<f4").astype(np.float64).tolist() for _, means in rows]
     return UnitMeansPublic(
         tensor=tensor,
@@ -76,11 +72,7 @@ def get_weight_changes(
     query = page_by_step(
         query, change.step, start=start, end=end, after_step=after_step, limit=limit
     )
-    rows = list(session.execute(query))
-    next_after = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_after = rows[-1][0]
+    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row[0])
     columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
     return WeightChangesPublic(
         tensor=tensor,

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from typing import cast
 
+import numpy as np
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server.errors import Conflict, NotFound, RunNotFound
-from layerwatch_server.models import SqlProbe, SqlProbeLayer, SqlRun, utcnow
+from layerwatch_server.models import (
+    SqlProbe,
+    SqlProbeAttributions,
+    SqlProbeLayer,
+    SqlRun,
+    utcnow,
+)
 from layerwatch_server.schemas import ProbeLayerSummary, ProbesPublic, ProbeSummary
 from layerwatch_server.store.ingest import insert_ignoring_duplicates
 
@@ -46,6 +53,8 @@ def ingest_probe(session: Session, run_id: str, probe: wire.Probe) -> wire.Probe
             raise Conflict(f"{where}: `{field}` differ from the ones stored")
         if new is not None and old is None:
             setattr(stored, field, new)
+    if probe.attributions is not None:
+        _store_attributions(session, key, probe.attributions, where)
     session.flush()
 
     existing = {
@@ -75,6 +84,28 @@ def ingest_probe(session: Session, run_id: str, probe: wire.Probe) -> wire.Probe
         added += 1
     session.flush()
     return wire.ProbeReceipt(step=probe.step, layers=added)
+
+
+def _store_attributions(
+    session: Session, key: tuple[str, int, int], attributions: wire.ProbeAttributions, where: str
+) -> None:
+    row = {
+        "method": attributions.method,
+        "shape": list(attributions.shape),
+        "values": attributions.values,
+        "targets": attributions.targets,
+        "steps": attributions.steps,
+        "deltas": None if attributions.deltas is None else _pack_doubles(attributions.deltas),
+    }
+    stored = session.get(SqlProbeAttributions, key)
+    if stored is None:
+        session.add(SqlProbeAttributions(run_id=key[0], step=key[1], rank=key[2], **row))
+    elif any(_differs(getattr(stored, field), value) for field, value in row.items()):
+        raise Conflict(f"{where}: attributions differ from the ones stored")
+
+
+def _pack_doubles(values: list[float]) -> bytes:
+    return np.asarray(values, dtype="<f8").tobytes()
 
 
 def _layer_row(layer: wire.ProbeLayer) -> dict[str, object]:
@@ -142,6 +173,14 @@ def list_probes(session: Session, run_id: str, *, rank: int = 0) -> ProbesPublic
                 maps_shape=maps_shape,
             )
         )
+    explained: dict[int, list[int]] = {
+        step: shape
+        for step, shape in session.execute(
+            select(SqlProbeAttributions.step, SqlProbeAttributions.shape).where(
+                SqlProbeAttributions.run_id == run_id, SqlProbeAttributions.rank == rank
+            )
+        )
+    }
     data = [
         ProbeSummary(
             step=probe.step,
@@ -150,6 +189,7 @@ def list_probes(session: Session, run_id: str, *, rank: int = 0) -> ProbesPublic
             labels=probe.labels is not None,
             predictions=probe.predictions is not None,
             layers=layers[probe.step],
+            attributions=explained.get(probe.step),
         )
         for probe in probes
     ]
@@ -179,12 +219,14 @@ def get_probe(
         missing = sorted(set(layers) - {layer.name for layer in stored})
         if missing:
             raise NotFound(f"probe at step {step} has no layer `{missing[0]}`")
+    explained = session.get(SqlProbeAttributions, (run_id, step, rank))
     return wire.Probe.model_construct(
         step=probe.step,
         rank=probe.rank,
         samples=probe.samples,
         labels=_bytes(probe.labels),
         predictions=_bytes(probe.predictions),
+        attributions=None if explained is None else _attributions(explained),
         layers=[
             wire.ProbeLayer.model_construct(
                 name=layer.name,
@@ -197,6 +239,18 @@ def get_probe(
             )
             for layer in stored
         ],
+    )
+
+
+def _attributions(row: SqlProbeAttributions) -> wire.ProbeAttributions:
+    deltas = None if row.deltas is None else np.frombuffer(row.deltas, "<f8").tolist()
+    return wire.ProbeAttributions.model_construct(
+        method="integrated_gradients",
+        shape=row.shape,
+        values=bytes(row.values),
+        targets=bytes(row.targets),
+        steps=row.steps,
+        deltas=deltas,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,6 +36,7 @@ def find_tensor_id(session: Session, run_id: str, name: str, kind: str) -> int:
 
 
 _Query = TypeVar("_Query", bound=Select)  # type: ignore[type-arg]
+_Row = TypeVar("_Row")
 
 
 def page_by_step(
@@ -70,6 +72,16 @@ def _shape_series(
         rows = rows[:limit]
         next_after = rows[-1][0]
     return rows, len(rows), False, next_after
+
+
+def cut_page(
+    rows: list[_Row], limit: int, step_of: Callable[[_Row], int]
+) -> tuple[list[_Row], int | None]:
+    """A page fetched with one row too many: the page, and the step to read on after."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, step_of(rows[-1])
 
 
 def as_floats(values: list[Any]) -> list[float]:
@@ -211,11 +223,7 @@ def get_histograms(
     query = page_by_step(
         query, SqlHistogram.step, start=start, end=end, after_step=after_step, limit=limit
     )
-    rows = list(session.scalars(query))
-    next_after = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_after = rows[-1].step
+    rows, next_after = cut_page(list(session.scalars(query)), limit, lambda row: row.step)
     data = []
     for row in rows:
         edges, counts = _unpack_histogram(row)
