@@ -12,7 +12,8 @@ import pytest
 from batches import body, make_batch, new_id, scalars_block, stats_block
 from matplotlib.image import imread
 
-from layerwatch_server.plots import Line, render_lines_png
+from layerwatch_server.views import ImageParams, render_png
+from layerwatch_server.views.series import SERIES, Line, LinesData
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -76,6 +77,7 @@ def plot_run(api: httpx.Client) -> str:
         {"tensor": "fc1", "start": 30, "end": 30},
         {"tensor": "fc1", "width": 200, "height": 150, "dpi": 50},
         {"tensor": "fc1", "width": 4000, "height": 300, "dpi": 300},
+        {},  # every activation of the run
     ],
     ids=lambda params: "-".join(f"{k}={v}" for k, v in params.items()),
 )
@@ -94,6 +96,7 @@ def test_series_png(api: httpx.Client, plot_run: str, params: dict[str, object])
         {"name": ["loss", "acc"], "logy": True, "width": 300, "height": 200},
         {"name": "acc", "start": 2, "end": 2},
         {"name": "loss", "start": 10**9},
+        {},  # every scalar of the run
     ],
     ids=lambda params: "-".join(f"{k}={v}" for k, v in params.items()),
 )
@@ -119,19 +122,22 @@ def test_a_line_is_drawn(api: httpx.Client, plot_run: str) -> None:
     ("path", "params", "status", "word"),
     [
         ("series.png", {"tensor": "fc1", "width": 199}, 422, "width"),
-        ("series.png", {"tensor": "fc1", "height": 4001}, 422, "height"),
+        ("series.png", {"tensor": "fc1", "height": 6001}, 422, "height"),
+        ("series.png", {"tensor": "fc1", "width": 5000, "height": 5000}, 422, "pixels"),
+        ("series.png", {"tensor": "fc1", "colour": "red"}, 422, "colour"),
+        ("series.json", {"tensor": "fc1", "width": 300}, 422, "width"),  # the image's only
         ("series.png", {"tensor": "fc1", "dpi": 10}, 422, "dpi"),
         ("series.png", {"tensor": "fc1", "max_points": 3}, 422, "max_points"),
         ("series.png", {"tensor": "fc1", "stat": "median"}, 422, "stat"),
         ("series.png", {"tensor": "fc1", "start": -1}, 422, "start"),
         ("series.png", {"tensor": "fc1", "logy": "maybe"}, 422, "logy"),
-        ("series.png", {}, 422, "tensor"),
         ("series.png", {"tensor": [f"t{i}" for i in range(33)]}, 422, "tensor"),
-        ("series.png", {"tensor": "x" * 251}, 422, "name"),
+        ("series.png", {"tensor": "x" * 251}, 422, "250"),
         ("series.png", {"tensor": "fc9"}, 404, "fc9"),
         ("series.png", {"tensor": ["fc1", "fc9"]}, 404, "fc9"),
         ("series.png", {"tensor": "fc1", "kind": "grad"}, 404, "fc1"),
-        ("scalars.png", {}, 422, "name"),
+        ("scalars.png", {"compare": "no/such"}, 422, "compare"),
+        ("scalars.png", {"compare": "nosuchrun"}, 404, "nosuchrun"),
         ("scalars.png", {"name": "nope"}, 404, "nope"),
         ("scalars.png", {"name": "loss", "width": 10_000}, 422, "width"),
     ],
@@ -153,6 +159,9 @@ def test_unknown_run(api: httpx.Client) -> None:
 
 
 def test_render_without_lines_or_points() -> None:
-    for lines in ([], [Line("empty", [], [])]):
-        png = render_lines_png(lines, title="nothing", ylabel="y", width=300, height=200)
+    for lines in ([], [Line(run_id="r", label="empty", steps=[], values=[], total=0,
+                            downsampled=False)]):  # fmt: skip
+        data = LinesData(view="series", run_id="r", title="nothing", ylabel="y", logy=False,
+                         lines=lines)  # fmt: skip
+        png = render_png(SERIES, data, ImageParams(width=300, height=200))
         assert_drawn(png, 300, 200)

@@ -5,6 +5,7 @@ from layerwatch_server.store.layers import get_model_trees, get_unit_means, get_
 from layerwatch_server.store.probes import get_probe, ingest_probe, list_probes
 from layerwatch_server.store.runs import (
     create_or_resume_run,
+    data_version,
     get_run,
     list_projects,
     list_runs,
@@ -20,6 +21,7 @@ from layerwatch_server.store.series import (
 
 __all__ = [
     "create_or_resume_run",
+    "data_version",
     "get_histograms",
     "get_model_trees",
     "get_probe",

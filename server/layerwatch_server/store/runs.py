@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server.errors import Conflict, NotFound, RunNotFound
-from layerwatch_server.models import SqlProject, SqlRun, SqlTensor, utcnow
+from layerwatch_server.models import (
+    SqlBatch,
+    SqlProbe,
+    SqlProbeLayer,
+    SqlProject,
+    SqlRun,
+    SqlTensor,
+    utcnow,
+)
 from layerwatch_server.schemas import (
     ProjectPublic,
     ProjectsPublic,
@@ -159,3 +167,23 @@ def list_tensors(session: Session, run_id: str, *, kind: str | None = None) -> T
     tensors = session.scalars(query.order_by(SqlTensor.id)).all()
     data = [TensorPublic.model_validate(t) for t in tensors]
     return TensorsPublic(data=data, count=len(data))
+
+
+def data_version(session: Session, run_id: str) -> tuple[str, str]:
+    """(status, a token that changes whenever data for the run arrives): for ETags.
+
+    Batches and probes are only ever added, so counting them (with the newest
+    arrival time) changes exactly when something new is stored.
+    """
+    status = session.scalar(select(SqlRun.status).where(SqlRun.id == run_id))
+    if status is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+    counts = [
+        session.execute(select(func.count(), func.max(column)).where(table_run_id == run_id)).one()
+        for column, table_run_id in (
+            (SqlBatch.received_at, SqlBatch.run_id),
+            (SqlProbe.received_at, SqlProbe.run_id),
+            (SqlProbeLayer.step, SqlProbeLayer.run_id),
+        )
+    ]
+    return status, ";".join(f"{n}:{newest}" for n, newest in counts)

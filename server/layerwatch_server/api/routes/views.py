@@ -1,0 +1,112 @@
+"""The plot gallery over HTTP: ``<view>.png`` and its JSON twin ``<view>.json`` per view.
+
+Both answer with an ETag made of the view, its parameters and the run's data
+version, so a repeated request is a 304 until new data for the run arrives;
+finished runs may also be cached for a while. ``X-Layerwatch-Downsampled``
+says when the data was thinned or capped. Images render in worker threads, at
+most ``max_concurrent_renders`` at once.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints'
+# annotations, and the parameter models are made per view at import time.
+
+import hashlib
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import create_model
+
+from layerwatch_server import store
+from layerwatch_server.db import managed_session
+from layerwatch_server.views import VIEWS, ImageParams, View, ViewData, render_png
+
+router = APIRouter(tags=["plots"])
+
+RunId = Annotated[str, Path(max_length=64)]
+FINISHED_MAX_AGE = 3600
+DOWNSAMPLED = "X-Layerwatch-Downsampled"
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified since the ETag given in If-None-Match."},
+    404: {"description": "No such run, tensor or probe."},
+    422: {"description": "Invalid parameters."},
+}
+
+
+def _etag(view: str, fmt: str, params: dict[str, Any], version: tuple[str, str]) -> str:
+    key = repr((view, fmt, sorted(params.items()), version)).encode()
+    return '"' + hashlib.sha256(key).hexdigest()[:32] + '"'
+
+
+def _matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match", "")
+    return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in header.split(","))
+
+
+async def _answer(
+    request: Request, view: View[Any, Any], run_id: str, params: Any, image: ImageParams | None
+) -> Response:
+    sessions = request.app.state.read_sessions
+    fmt = "png" if image is not None else "json"
+    key = params.model_dump(mode="json") | ({} if image is None else image.model_dump())
+
+    def compute() -> tuple[str, str, ViewData | None]:
+        with managed_session(sessions) as session:
+            version = store.data_version(session, run_id)
+            etag = _etag(view.name, fmt, key, version)
+            if _matches(request, etag):
+                return etag, version[0], None
+            return etag, version[0], view.compute(session, run_id, params)
+
+    etag, status, data = await anyio.to_thread.run_sync(compute)
+    cache = "no-cache" if status == "running" else f"public, max-age={FINISHED_MAX_AGE}"
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if data is None:
+        return Response(status_code=304, headers=headers)
+    headers[DOWNSAMPLED] = "true" if data.downsampled else "false"
+    if image is None:
+        return Response(data.model_dump_json(), media_type="application/json", headers=headers)
+    limiter: anyio.CapacityLimiter = request.app.state.render_limiter
+    png = await anyio.to_thread.run_sync(render_png, view, data, image, limiter=limiter)
+    return Response(png, media_type="image/png", headers=headers)
+
+
+def _add_routes(view: View[Any, Any]) -> None:
+    params_model = view.params
+    png_model: Any = create_model(
+        f"{params_model.__name__}Png", __base__=(params_model, ImageParams)
+    )
+    image_fields = set(ImageParams.model_fields)
+
+    async def png(
+        request: Request,
+        run_id: RunId,
+        params: Annotated[png_model, Query()],
+    ) -> Response:
+        values = params.model_dump()
+        image = ImageParams(**{k: values.pop(k) for k in image_fields})
+        return await _answer(request, view, run_id, params_model(**values), image)
+
+    async def json(
+        request: Request,
+        run_id: RunId,
+        params: Annotated[params_model, Query()],  # type: ignore[valid-type]
+    ) -> Response:
+        return await _answer(request, view, run_id, params, None)
+
+    router.add_api_route(
+        f"/runs/{{run_id}}/plots/{view.name}.png", png, methods=["GET"],
+        summary=view.summary, response_class=Response, name=f"plot_{view.name}_png",
+        responses={**_RESPONSES, 200: {"content": {"image/png": {}}, "description": "A PNG."}},
+    )  # fmt: skip
+    router.add_api_route(
+        f"/runs/{{run_id}}/plots/{view.name}.json", json, methods=["GET"],
+        summary=f"{view.summary} (the numbers)", response_class=Response,
+        name=f"plot_{view.name}_json",
+        responses={**_RESPONSES, 200: {"content": {"application/json": {
+            "schema": view.data.model_json_schema()}}, "description": "The plotted data."}},
+    )  # fmt: skip
+
+
+for _view in VIEWS.values():
+    _add_routes(_view)

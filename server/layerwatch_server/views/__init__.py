@@ -1,0 +1,12 @@
+"""The plot gallery: every view by name (see `base.View`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layerwatch_server.views.base import ImageParams, View, ViewData, ViewParams, render_png
+from layerwatch_server.views.series import SCALARS, SERIES
+
+VIEWS: dict[str, View[Any, Any]] = {view.name: view for view in (SERIES, SCALARS)}
+
+__all__ = ["VIEWS", "ImageParams", "View", "ViewData", "ViewParams", "render_png"]
