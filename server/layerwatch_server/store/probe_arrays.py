@@ -1,0 +1,121 @@
+"""Stored probes as NumPy arrays, for the views that compute on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from layerwatch_server.errors import NotFound, RunNotFound
+from layerwatch_server.models import SqlProbe, SqlProbeAttributions, SqlProbeLayer, SqlRun
+
+
+@dataclass
+class LayerArrays:
+    """One probed layer: `features` (samples, ...) float32 and conv `maps`, if sent."""
+
+    name: str
+    features: np.ndarray
+    source_shape: list[int] | None
+    reduced: str
+    maps: np.ndarray | None = None
+
+
+@dataclass
+class ProbeArrays:
+    """A probe at one step; `layers` in network order, as many as asked for."""
+
+    step: int
+    samples: int
+    labels: np.ndarray | None  # (samples,) int64
+    predictions: np.ndarray | None  # (samples,) int64
+    layers: dict[str, LayerArrays] = field(default_factory=dict)
+    attributions: np.ndarray | None = None  # (n, *input shape) float32
+    attribution_targets: np.ndarray | None = None  # (n,) int64
+
+
+def probe_steps(session: Session, run_id: str, *, rank: int = 0) -> list[int]:
+    """The steps at which the run was probed, in order; raises if the run does not exist."""
+    if session.get(SqlRun, run_id) is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+    return list(
+        session.scalars(
+            select(SqlProbe.step)
+            .where(SqlProbe.run_id == run_id, SqlProbe.rank == rank)
+            .order_by(SqlProbe.step)
+        )
+    )
+
+
+def probe_layer_names(session: Session, run_id: str, step: int, *, rank: int = 0) -> list[str]:
+    """The layers of the probe at `step`, in network order."""
+    return list(
+        session.scalars(
+            select(SqlProbeLayer.name)
+            .where(
+                SqlProbeLayer.run_id == run_id,
+                SqlProbeLayer.step == step,
+                SqlProbeLayer.rank == rank,
+            )
+            .order_by(SqlProbeLayer.position)
+        )
+    )
+
+
+def load_probe(
+    session: Session,
+    run_id: str,
+    step: int,
+    *,
+    rank: int = 0,
+    layers: list[str] | None = None,
+    maps: bool = False,
+    attributions: bool = False,
+) -> ProbeArrays:
+    """The probe at `step` with the `layers` asked for (all when None), decoded.
+
+    Raises `NotFound` naming what is missing: the run, the probe or a layer.
+    """
+    if session.get(SqlRun, run_id) is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+    probe = session.get(SqlProbe, (run_id, step, rank))
+    if probe is None:
+        raise NotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
+    query = select(SqlProbeLayer).where(
+        SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
+    )
+    if layers is not None:
+        query = query.where(SqlProbeLayer.name.in_(layers))
+    rows = {row.name: row for row in session.scalars(query.order_by(SqlProbeLayer.position))}
+    missing = [name for name in layers or () if name not in rows]
+    if missing:
+        raise NotFound(f"the probe at step {step} has no layer `{missing[0]}`")
+    result = ProbeArrays(
+        step=step,
+        samples=probe.samples,
+        labels=_ints(probe.labels),
+        predictions=_ints(probe.predictions),
+    )
+    for name, row in rows.items():
+        features = _halves(row.features, row.features_shape)
+        feature_maps = None
+        if maps and row.maps is not None and row.maps_shape is not None:
+            feature_maps = _halves(row.maps, row.maps_shape)
+        result.layers[name] = LayerArrays(name, features, row.source_shape, row.reduced,
+                                          feature_maps)  # fmt: skip
+    if attributions:
+        explained = session.get(SqlProbeAttributions, (run_id, step, rank))
+        if explained is not None:
+            result.attributions = np.frombuffer(explained.values, "<f4").reshape(explained.shape)
+            result.attribution_targets = _ints(explained.targets)
+    return result
+
+
+def _halves(data: bytes, shape: list[int]) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(shape)
+
+
+def _ints(data: bytes | None) -> np.ndarray | None:
+    return None if data is None else np.frombuffer(data, dtype="<i4").astype(np.int64)
