@@ -1,4 +1,4 @@
-"""Unit means, weight changes, model trees, probes and attributions; new per-batch counts.
+"""Unit means, weight changes, model trees, probes, attributions; histogram sample sizes.
 
 Revision ID: 0002
 Revises: 0001
@@ -121,6 +121,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tensor_id", "step", "rank", name=op.f("pk_weight_changes")),
         sqlite_with_rowid=False,
     )
+    with op.batch_alter_table("histograms", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("sample_size", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("unit_means", sa.Integer(), server_default=sa.text("0"), nullable=False)
@@ -139,6 +141,8 @@ def downgrade() -> None:
         batch_op.drop_column("weight_changes")
         batch_op.drop_column("unit_means")
 
+    with op.batch_alter_table("histograms", schema=None) as batch_op:
+        batch_op.drop_column("sample_size")
     op.drop_table("weight_changes")
     op.drop_table("unit_means")
     op.drop_table("probe_attributions")

@@ -116,7 +116,8 @@ class SqlHistogram(Base):
 
     ``counts`` holds ``bins`` unsigned integers of 4 or 8 bytes each (the width
     follows from its length). Bins are equal-width over ``[lo, hi]`` unless
-    ``edges`` holds ``bins + 1`` little-endian float64 edges.
+    ``edges`` holds ``bins + 1`` little-endian float64 edges. ``sample_size`` is
+    how many elements the counts were estimated from, NULL when they cover all.
     """
 
     __tablename__ = "histograms"
@@ -132,6 +133,7 @@ class SqlHistogram(Base):
     hi: Mapped[float | None] = mapped_column(Double)
     edges: Mapped[bytes | None] = mapped_column(LargeBinary)
     counts: Mapped[bytes] = mapped_column(LargeBinary)
+    sample_size: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SqlUnitMean(Base):

@@ -110,6 +110,9 @@ class HistogramPublic(_Public):
     rank: int
     edges: list[float] = Field(description="Bin edges, one more than `counts`.")
     counts: list[int]
+    sample_size: int | None = Field(
+        None, description="Elements the counts were estimated from; null: every finite one."
+    )
 
 
 class HistogramsPublic(_Public):

@@ -188,11 +188,13 @@ def test_ingest_multi_step_histograms_with_packed_counts(session: Session) -> No
         "counts": [base64.b64encode(c.tobytes()).decode() for c in packed],
         "lo": [-1.0, -2.0],
         "hi": [1.0, 2.0],
+        "sample_size": [65536, None],  # estimated from a sample at step 3, exact at 4
     }
     ingest(session, run_id, make_batch(histograms=[block]))
 
     hists = store.get_histograms(session, run_id, tensor="fc1.weight", kind="weight")
     assert [(h.step, h.counts) for h in hists.data] == [(3, [1, 0, 2**32 - 1]), (4, [7, 8, 9])]
+    assert [h.sample_size for h in hists.data] == [65536, None]
     assert np.allclose(hists.data[0].edges, [-1.0, -1 / 3, 1 / 3, 1.0])
     assert np.allclose(hists.data[1].edges, [-2.0, -2 / 3, 2 / 3, 2.0])
 

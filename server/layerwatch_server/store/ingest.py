@@ -49,7 +49,9 @@ _MODULES: Table = SqlModule.__table__  # type: ignore[assignment]
 _TENSORS: Table = SqlTensor.__table__  # type: ignore[assignment]
 _BATCHES: Table = SqlBatch.__table__  # type: ignore[assignment]
 _STAT_COLUMNS = ("tensor_id", "step", "rank", *wire.STAT_NAMES)
-_HISTOGRAM_COLUMNS = ("tensor_id", "step", "rank", "bins", "lo", "hi", "edges", "counts")
+_HISTOGRAM_COLUMNS = (
+    "tensor_id", "step", "rank", "bins", "lo", "hi", "edges", "counts", "sample_size",
+)  # fmt: skip
 _SCALAR_COLUMNS = ("run_id", "name", "step", "rank", "value", "time")
 _UNIT_MEAN_COLUMNS = ("tensor_id", "step", "rank", "units", "means")
 _WEIGHT_CHANGE_COLUMNS = ("tensor_id", "step", "rank", "since_prev", "since_init", "update_ratio")
@@ -233,12 +235,13 @@ def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -
         edges: Iterable[bytes | None] = repeat(None, n)
         lo: Iterable[float | None] = block.lo or repeat(None, n)
         hi: Iterable[float | None] = block.hi or repeat(None, n)
+        sampled: Iterable[int | None] = block.sample_size or repeat(None, n)
         if block.edges is not None:
             edges = map(_pack_edges, block.edges)
         rows.extend(
             zip(
                 repeat(tensor_id, n), block.steps, repeat(batch.rank, n), bins, lo, hi, edges,
-                counts, strict=False,
+                counts, sampled, strict=False,
             )
         )  # fmt: skip
     return rows

@@ -227,7 +227,15 @@ def get_histograms(
     data = []
     for row in rows:
         edges, counts = _unpack_histogram(row)
-        data.append(HistogramPublic(step=row.step, rank=row.rank, edges=edges, counts=counts))
+        data.append(
+            HistogramPublic(
+                step=row.step,
+                rank=row.rank,
+                edges=edges,
+                counts=counts,
+                sample_size=row.sample_size,
+            )
+        )
     return HistogramsPublic(
         tensor=tensor, kind=kind, data=data, count=len(data), next_after_step=next_after
     )
