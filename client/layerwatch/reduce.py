@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 NUM_STATS = len(STAT_NAMES)
+_FLOAT32_SAFE = 1e30  # products below this are far from float32's overflow (3.4e38)
 _CHANNEL_MODULES = re.compile(r"Conv|BatchNorm|InstanceNorm|GroupNorm|Pool|Upsample|Dropout\dd")
 
 
@@ -200,9 +201,14 @@ def _fast_stats(x: torch.Tensor) -> tuple[torch.Tensor, float, float] | None:
 def _cpu_histogram(sample: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
     """`_histogram` of a finite CPU sample whose range is known on the host."""
     width = hi - lo if hi > lo else math.inf  # lo == hi: everything in bin 0
-    # (x - lo) / width stays within [0, 1] even for ranges so narrow that bins / width
-    # would overflow float32
-    index = sample.sub(lo).div_(width).mul_(bins).to(torch.int64).clamp_(0, bins - 1)
+    scale = bins / width
+    if scale * max(abs(lo), abs(hi), 1.0) < _FLOAT32_SAFE:
+        # Two passes and an int32 index: about a third less work than the form below.
+        index = sample.mul(scale).sub_(lo * scale).to(torch.int32).clamp_(0, bins - 1)
+    else:
+        # (x - lo) / width stays within [0, 1] even for ranges so narrow that
+        # bins / width would overflow float32.
+        index = sample.sub(lo).div_(width).mul_(bins).to(torch.int32).clamp_(0, bins - 1)
     return torch.bincount(index, minlength=bins)
 
 
@@ -210,9 +216,11 @@ def _histogram(sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: i
     """Counts of the finite values of `sample` in `bins` equal bins over `[lo, hi]`, as
     int64, without reading anything back: the range stays a tensor, and a non-finite
     value goes to a bin that is thrown away (`bincount` would read its maximum)."""
+    # Halves: hi - lo itself overflows float32 for ranges wider than its largest value.
+    lo, hi = lo * 0.5, hi * 0.5
     width = hi - lo
     width = torch.where(width > 0, width, torch.full_like(width, math.inf))  # lo == hi: bin 0
-    index = ((sample - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)  # x >= lo: floor
+    index = ((sample * 0.5 - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)  # floor
     index = torch.where(torch.isfinite(sample), index, bins)
     counts = torch.zeros(bins + 1, dtype=torch.int64, device=sample.device)
     counts.index_add_(0, index, torch.ones_like(index))

@@ -195,3 +195,23 @@ def test_relative_change_and_unit_dims() -> None:
     assert unit_dim((8, 3, 20), "Conv1d") == 1
     assert unit_dim((8, 20, 64), "Linear") == 2  # (batch, time, features)
     assert unit_dim((8,), "Linear") is None
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.0, 1.0 + 2**-20, 1.0 + 2**-19],  # a range narrow for its magnitude
+        [0.0, 1e-38, 2e-38],  # bins / width would overflow float32
+        [-3e38, 0.0, 3e38],  # a range near float32's limit
+        [5.0, 5.0, 5.0],  # no range: everything in the first bin
+    ],
+)
+def test_histograms_of_extreme_ranges_keep_every_value(values: list[float]) -> None:
+    tensor = torch.tensor(values, dtype=torch.float32)
+    for sync in (True, False):
+        counts = Summarizer(bins=4).summarize(tensor, units=None, sync=sync).counts
+        assert counts is not None
+        assert counts.sum().item() == 3
+        assert counts[0].item() >= 1  # the minimum is in the first bin
+        if values[0] != values[-1]:
+            assert counts[-1].item() >= 1  # and the maximum in the last
