@@ -26,7 +26,6 @@ import contextlib
 import gzip
 import hashlib
 import os
-import platform
 import socket
 import sqlite3
 import statistics
@@ -50,6 +49,7 @@ from layerwatch_server import store
 from layerwatch_server.db import make_engine, make_sessionmakers, managed_session
 from layerwatch_server.migrate import upgrade_database
 from layerwatch_server.models import SqlHistogram, SqlStat, SqlTensor
+from report import machine, markdown
 
 STATS: Table = SqlStat.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = SqlHistogram.__table__  # type: ignore[assignment]
@@ -177,10 +177,11 @@ class HistogramsChunk:
         return wire.Batch(batch_id=batch_id, rank=RANK, histograms=histograms)
 
     def rows(self, tensor_ids: dict[str, int]) -> list[tuple[Any, ...]]:
-        # As the server stores them: counts packed little-endian uint32, no explicit edges.
+        # As the server stores them: counts packed little-endian uint32, no explicit edges,
+        # no sample (the counts cover every element).
         packed = [row.tobytes() for row in self.counts.astype("<u4").reshape(self.count, -1)]
         return [
-            (tensor_ids[name], step, RANK, len(bins), lo, hi, None, blob)
+            (tensor_ids[name], step, RANK, len(bins), lo, hi, None, blob, None)
             for (name, step, bins, lo, hi), blob in zip(self._items(), packed, strict=True)
         ]
 
@@ -537,27 +538,6 @@ def run_backend(backend: Backend, args: argparse.Namespace, directory: Path) -> 
 # -- the report ---------------------------------------------------------------------------
 
 
-def markdown(rows: list[list[str]], right: Callable[[int], bool]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            c.rjust(w) if n and right(i) else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-        if n == 0:
-            lines.append(
-                "|"
-                + "|".join(
-                    ("-" * (w + 1) + ":") if right(i) else "-" * (w + 2)
-                    for i, w in enumerate(widths)
-                )
-                + "|"
-            )
-    return "\n".join(lines)
-
-
 def rate_table(results: dict[tuple[str, str], Figures]) -> str:
     rows = [["backend", "what", "body", "HTTP rows/s", "raw rows/s", "HTTP/raw", "target", "met"]]
     for (backend, what), figures in results.items():
@@ -588,17 +568,6 @@ def stage_table(results: dict[tuple[str, str], Figures]) -> str:
         ]
         rows.append([stage, *cells])
     return markdown(rows, lambda i: i > 0)
-
-
-def machine() -> str:
-    model = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} cores ({model}), load {load}; Python {platform.python_version()}"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -29,7 +29,6 @@ import inspect
 import json
 import math
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -42,6 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from report import machine, markdown
 
 if TYPE_CHECKING:
     import torch
@@ -424,27 +425,6 @@ def measure_row(row: Row, args: argparse.Namespace, directory: Path, server: str
     print(f"  {row.workload} {row.mode.label:15} {row.ms:8.2f} ms/step  x {spread}", flush=True)
 
 
-def markdown(rows: list[list[str]], right: Callable[[int], bool]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            c.rjust(w) if n and right(i) else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-        if n == 0:
-            lines.append(
-                "|"
-                + "|".join(
-                    ("-" * (w + 1) + ":") if right(i) else "-" * (w + 2)
-                    for i, w in enumerate(widths)
-                )
-                + "|"
-            )
-    return "\n".join(lines)
-
-
 def verdict(row: Row, rows: list[Row]) -> tuple[str, str]:
     """The target of a layerwatch row and whether it is met; peers have none."""
     if row.mode.family != "layerwatch":
@@ -486,17 +466,6 @@ def report(rows: list[Row]) -> str:
                 f"{row.ratio:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}", target, met, note,
             ])  # fmt: skip
     return markdown(table, lambda i: i in (2, 3, 4, 5))
-
-
-def machine() -> str:
-    model = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} cores ({model}), load {load}; Python {platform.python_version()}"
 
 
 def installed(family: str) -> bool:
