@@ -45,7 +45,8 @@ def make_probe_config(
         if every is not None or attributions:
             raise ConfigError("`probe_every` and `probe_attributions` need `probe=` inputs")
         return None
-    from layerwatch.probe import ProbeSet, check_probe_options
+    from layerwatch.probe import check_probe_options
+    from layerwatch.probeset import ProbeSet
 
     every = None if every is None else check_count("probe_every", every)
     check_count("attribution_steps", attribution_steps)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.hooks import RemovableHandle
 
-    from layerwatch.probe import ProbeSet
+    from layerwatch.probeset import ProbeSet
     from layerwatch.reducer import Reducer
 
 __all__ = [

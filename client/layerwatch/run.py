@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from layerwatch.buffer import TensorMeta
-    from layerwatch.probe import ProbeInputs
+    from layerwatch.probeset import ProbeInputs
     from layerwatch.sender import Counters, Sender
 
 __all__ = ["DEFAULT_SERVER", "Run"]
