@@ -140,6 +140,8 @@ def test_demo_command_trains_and_writes_plots(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "layerwatch server: http://127.0.0.1:" in result.stdout
     assert " sent, 0 spooled, 0 dropped" in result.stdout  # probes included
+    assert "finished: " in result.stderr  # the run's own summary line, logging unconfigured
+    assert " records sent, 0 spooled, 0 dropped (0 batches given up)" in result.stderr
     plots = sorted((out / "plots").glob("*.png"))
     assert len(plots) >= 4
     for plot in plots:

@@ -467,13 +467,17 @@ class Run:
         if counts.spooled and self._spool_root is not None:
             root = shlex.quote(str(self._spool_root))
             replay = f"; `layerwatch sync --spool-dir {root}` sends the spooled ones"
-        logger.log(
-            logging.INFO if clean else logging.WARNING,
-            "layerwatch: run %s %s: %d records sent, %d spooled, %d dropped "
-            "(%d batches given up)%s%s",
-            self._id, status, counts.sent, counts.spooled, counts.dropped, counts.failed_batches,
-            "" if self._flushed else f" (sending timed out after {timeout:g}s)", replay,
-        )  # fmt: skip
+        summary = (
+            f"layerwatch: run {self._id} {status}: {counts.sent} records sent, "
+            f"{counts.spooled} spooled, {counts.dropped} dropped "
+            f"({counts.failed_batches} batches given up)"
+            + ("" if self._flushed else f" (sending timed out after {timeout:g}s)")
+            + replay
+        )
+        if logger.hasHandlers():
+            logger.log(logging.INFO if clean else logging.WARNING, "%s", summary)
+        else:  # logging not configured: the one line a script shows at its end
+            print(summary, file=sys.stderr)
         return self._flushed
 
     def close(self, timeout: float | None = None) -> bool:
