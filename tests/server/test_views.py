@@ -76,6 +76,15 @@ def test_runs_are_overlaid(api: httpx.Client, run_id: str) -> None:
     png = api.get(f"/runs/{run_id}/plots/scalars.png", params={"compare": other})
     assert png.status_code == 200
 
+    # New data in an overlaid run changes the picture, and so its tag.
+    etag = png.headers["etag"]
+    more = make_batch(scalars=[scalars_block("loss", [2], [1.0])])
+    api.post(f"/runs/{other}/batches", content=body(more)).raise_for_status()
+    again = api.get(f"/runs/{run_id}/plots/scalars.png", params={"compare": other},
+                    headers={"If-None-Match": etag})  # fmt: skip
+    assert again.status_code == 200
+    assert again.headers["etag"] != etag
+
 
 def test_unknown_views_and_runs(api: httpx.Client, run_id: str) -> None:
     assert api.get(f"/runs/{run_id}/plots/nope.png").status_code == 404

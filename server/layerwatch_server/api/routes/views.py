@@ -33,7 +33,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _etag(view: str, fmt: str, params: dict[str, Any], version: tuple[str, str]) -> str:
+def _etag(view: str, fmt: str, params: dict[str, Any], version: tuple[object, ...]) -> str:
     key = repr((view, fmt, sorted(params.items()), version)).encode()
     return '"' + hashlib.sha256(key).hexdigest()[:32] + '"'
 
@@ -52,11 +52,15 @@ async def _answer(
 
     def compute() -> tuple[str, str, ViewData | None]:
         with managed_session(sessions) as session:
-            version = store.data_version(session, run_id)
-            etag = _etag(view.name, fmt, key, version)
+            status, version = store.data_version(session, run_id)
+            # Overlaid runs are part of the picture: their new data changes it too.
+            others = [
+                store.data_version(session, other) for other in getattr(params, "compare", ())
+            ]
+            etag = _etag(view.name, fmt, key, (status, version, *others))
             if _matches(request, etag):
-                return etag, version[0], None
-            return etag, version[0], view.compute(session, run_id, params)
+                return etag, status, None
+            return etag, status, view.compute(session, run_id, params)
 
     etag, status, data = await anyio.to_thread.run_sync(compute)
     cache = "no-cache" if status == "running" else f"public, max-age={FINISHED_MAX_AGE}"
