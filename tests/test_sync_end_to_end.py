@@ -29,13 +29,15 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 run = layerwatch.Run(server, project="sync-e2e", id=run_id, spool_dir=spool_dir,
                      flush_secs=0.02, batch_size=7, backoff=0.05)
 watch = run.watch(model, optimizer, every=1, weights=False, gradients=False, bins=None,
-                  unit_means=False)  # activation statistics and the model tree
-for step in range(steps):
+                  unit_means=False, probe=(torch.randn(20, 4), torch.arange(20) % 2))
+for step in range(steps):  # activation statistics, the model tree, and two probes
     loss = model(torch.randn(3, 4)).pow(2).mean()
     optimizer.zero_grad()
     loss.backward()
     run.log({"loss": loss.detach()})
     optimizer.step()
+    if step % 6 == 5:
+        run.probe()
 assert not run.flush(1.0)
 print(",".join(watch.names), run.counters.spooled, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
@@ -69,6 +71,9 @@ def _stored(engine: Engine, run_id: str) -> dict[str, list[tuple[object, ...]]]:
             "batches": connection.execute(
                 text("SELECT batch_id FROM batches WHERE run_id = :run"), {"run": run_id}
             ).all(),
+            "probes": connection.execute(
+                text("SELECT step, name FROM probe_layers WHERE run_id = :run"), {"run": run_id}
+            ).all(),
         }  # fmt: skip
     return {name: sorted(tuple(row) for row in found) for name, found in rows.items()}
 
@@ -91,6 +96,7 @@ def test_sync_delivers_the_spool_of_a_killed_process(
     directory = spool_dir / run_id
     assert (directory / "run.json").exists()
     assert list(directory.glob("*.seg"))
+    assert len(list((directory / "probes").glob("*.probe"))) == 2  # the probes, beside them
 
     # The server named in the spool is still away: nothing is lost, the exit code says so.
     failed = _sync("--spool-dir", str(spool_dir), "--timeout", "0.3")
@@ -107,8 +113,11 @@ def test_sync_delivers_the_spool_of_a_killed_process(
     activations = [row for row in stored["stats"] if row[1] == "activation"]
     assert activations == sorted((n, "activation", s) for n in names for s in range(steps))
     assert stored["scalars"] == [("loss", s) for s in range(steps)]
-    # each record once: statistics, scalars and the model tree
-    assert len(stored["stats"]) + len(stored["scalars"]) + 1 == int(spooled)
+    assert stored["probes"] == sorted((s, n) for s in (6, 12) for n in names)
+    # each record once: statistics, scalars, the model tree and the probes' layers
+    assert len(stored["stats"]) + len(stored["scalars"]) + 1 + len(stored["probes"]) == int(
+        spooled
+    )
     batch_ids = [row[0] for row in stored["batches"]]
     assert len(batch_ids) == len(set(batch_ids))
     with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10) as api:

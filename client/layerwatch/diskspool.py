@@ -40,6 +40,7 @@ from pathlib import Path
 
 from layerwatch import wire
 from layerwatch.errors import SpoolLockedError
+from layerwatch.probefiles import PROBE_DIR, has_probe_files
 from layerwatch.spool import Outgoing
 from layerwatch.spoolfile import (
     ACK_KIND,
@@ -186,7 +187,9 @@ class DiskSpool:
                     os.fsync(self._active_fd)
                 os.close(self._active_fd)
                 self._active_fd = -1
-            if not self._spooled and (status is None or info is None):
+            if not self._spooled and not has_probe_files(self.directory) and (
+                status is None or info is None
+            ):
                 self._remove_directory()
             return lost
         finally:
@@ -364,6 +367,8 @@ class DiskSpool:
             for path in self.directory.iterdir():
                 if path.name in (INFO_FILE, f".{INFO_FILE}.tmp") or path.suffix == SEGMENT_SUFFIX:
                     path.unlink()
+                elif path.name == PROBE_DIR:  # emptied: its probes were delivered
+                    path.rmdir()
             self.directory.rmdir()
         except OSError as exc:  # e.g. someone left a file of their own there
             logger.debug("layerwatch: cannot remove %s: %s", self.directory, exc)

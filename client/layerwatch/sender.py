@@ -14,7 +14,6 @@ stays on disk for `layerwatch sync`, which replays it with this same class.
 
 from __future__ import annotations
 
-import collections
 import email.utils
 import gzip
 import logging
@@ -49,6 +48,7 @@ from layerwatch.errors import (
     RetryableError,
     RunNotFoundError,
 )
+from layerwatch.probequeue import ProbeQueue
 from layerwatch.spool import MemorySpool, Outgoing, Spool
 
 __all__ = ["Counters", "Sender"]
@@ -56,7 +56,6 @@ __all__ = ["Counters", "Sender"]
 logger = logging.getLogger("layerwatch")
 
 RETRY_STATUS_CODES = frozenset({429, 502, 503, 504})
-MAX_PROBE_QUEUE_BYTES = 256 * 1024 * 1024
 GZIP_MIN_BYTES = 16 * 1024
 _IDLE_WAIT = 0.5  # seconds; how often an idle sender looks at the stop flag
 
@@ -126,20 +125,18 @@ class Sender:
         self._sent = 0
         self._dropped = 0
         self._failed_batches = 0
-        # Probe payloads: big and rare, so a queue of their own bounded in bytes; they
-        # go after the batches waiting (probes are kept in memory only).
-        self._probes: collections.deque[tuple[wire.Probe, int]] = collections.deque()
-        self._probe_bytes = 0
-        self._probe_lock = threading.Lock()
+        # Probe payloads: big and rare, so a queue of their own; they go after the
+        # batches waiting, and onto disk beside them when the spool is there.
+        self._probes = ProbeQueue()
 
     @property
     def counters(self) -> Counters:
         spool = self._spool
         return Counters(
             sent=self._sent,
-            dropped=self._dropped + self._buffer.dropped + spool.discarded,
+            dropped=self._dropped + self._buffer.dropped + spool.discarded + self._probes.dropped,
             failed_batches=self._failed_batches,
-            spooled=spool.spooled,
+            spooled=spool.spooled + self._probes.spooled,
         )
 
     @property
@@ -151,13 +148,9 @@ class Sender:
 
     def submit_probe(self, probe: wire.Probe, nbytes: int) -> bool:
         """Queue a probe payload of about `nbytes`; drop and count it past the bound."""
-        with self._probe_lock:
-            if self._probe_bytes and self._probe_bytes + nbytes > MAX_PROBE_QUEUE_BYTES:
-                self._dropped += len(probe.layers) or 1
-                self._log_once("probes", logging.WARNING, "too many probes waiting; dropping")
-                return False
-            self._probes.append((probe, nbytes))
-            self._probe_bytes += nbytes
+        if not self._probes.submit(probe, nbytes):
+            self._log_once("probes", logging.WARNING, "too many probes waiting; dropping")
+            return False
         self._buffer.put_control(_WAKE, 0)
         return True
 
@@ -191,6 +184,9 @@ class Sender:
             except Exception as exc:  # e.g. a read-only home: carry on in memory
                 logger.warning("layerwatch: cannot use the on-disk spool (%s); unsent data "
                                "is kept in memory only", exc)  # fmt: skip
+        directory = getattr(self._spool, "directory", None)
+        if directory is not None:  # a durable spool: probes go beside its batches
+            self._probes.keep_on_disk(directory)
         while not self._stop.is_set():
             try:
                 self._cycle()
@@ -210,6 +206,7 @@ class Sender:
         now = time.monotonic()
         if self._items and (len(self._items) >= self._batch_size or now >= self._items_deadline):
             self._seal()
+        self._probes.persist()
         if now >= self._next_attempt:
             self._deliver_one()
         self._release_flushes()
@@ -218,7 +215,7 @@ class Sender:
         deadlines = []
         if self._items:
             deadlines.append(self._items_deadline)
-        if len(self._spool) or self._probes or self._run_state == "new":
+        if len(self._spool) or len(self._probes) or self._run_state == "new":
             deadlines.append(self._next_attempt)
         if not deadlines:
             return _IDLE_WAIT
@@ -268,7 +265,7 @@ class Sender:
             outgoing = self._spool.peek()
             if outgoing is not None and self._run_state == "created":
                 self._send(outgoing)
-            elif self._probes and self._run_state == "created":
+            elif len(self._probes) and self._run_state == "created":
                 self._send_probe()
         except RetryableError as exc:
             self._back_off(exc)
@@ -276,7 +273,7 @@ class Sender:
         if self._run_state == "refused":  # nothing can ever be delivered
             while len(self._spool):
                 self._give_up(self._spool.pop())
-            self._drop_probes()
+            self._probes.drop_all()
 
     def _create_run(self) -> None:
         try:
@@ -302,34 +299,19 @@ class Sender:
         self._recovered()
 
     def _send_probe(self) -> None:
-        probe, nbytes = self._probes[0]
-        rows = len(probe.layers) or 1
+        pending = self._probes.head()
+        assert pending is not None
         try:
-            self._request("POST", f"{self._run_url}/probes", probe.model_dump_json().encode())
+            self._request("POST", f"{self._run_url}/probes", pending.json())
         except RejectedError as exc:
-            if isinstance(exc, PayloadTooLargeError) and len(probe.layers) > 1:
-                half = len(probe.layers) // 2
-                first = probe.model_copy(update={"layers": probe.layers[:half]})
-                second = probe.model_copy(update={"layers": probe.layers[half:]})
-                with self._probe_lock:
-                    self._probes.popleft()
-                    self._probes.extendleft([(second, nbytes // 2), (first, nbytes - nbytes // 2)])
+            if isinstance(exc, PayloadTooLargeError) and self._probes.split(pending):
                 return
             self._log_once(f"probe {exc.status_code}", logging.WARNING, f"probe refused: {exc}")
-            self._dropped += rows
+            self._dropped += pending.rows
         else:
-            self._sent += rows
+            self._sent += pending.rows
             self._recovered()
-        with self._probe_lock:
-            if self._probes and self._probes[0][0] is probe:
-                self._probes.popleft()
-                self._probe_bytes -= nbytes
-
-    def _drop_probes(self) -> None:
-        with self._probe_lock:
-            self._dropped += sum(len(p.layers) or 1 for p, _ in self._probes)
-            self._probes.clear()
-            self._probe_bytes = 0
+        self._probes.settle(pending)
 
     def _refused(self, exc: RejectedError) -> None:
         outgoing = self._spool.pop()
@@ -407,7 +389,7 @@ class Sender:
             return
         oldest = self._spool.peek()
         settled_upto = math.inf if oldest is None else oldest.seq - 1
-        if self._probes:  # a flush also waits for the probes queued before it
+        if len(self._probes):  # a flush also waits for the probes queued before it
             return
         for request in [r for r in self._waiting if r.upto <= settled_upto]:
             request.done.set()
@@ -426,7 +408,9 @@ class Sender:
             while len(self._spool):
                 self._give_up(self._spool.pop())
         self._seal()  # a durable spool keeps the batch; closing a memory one gives it up
-        self._drop_probes()  # probes are kept in memory only
+        if self._run_state == "refused":
+            self._probes.drop_all()
+        self._probes.close()  # those on disk stay there for the next process or sync
         for request in self._waiting:
             request.done.set()
         status = None if self._run_state == "refused" else self._stop_status

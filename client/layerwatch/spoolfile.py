@@ -7,6 +7,7 @@ another process holds that one, e.g. a second rank of the same run):
     run.json        `SpoolInfo`: the server, the run's `RunCreate`, and its final
                     status when the server has not taken it; what `layerwatch sync` needs
     0000000001.seg  segments of records, appended to and never rewritten
+    probes/         probe payloads not yet delivered, one file each (`probefiles`)
 
 A record is `magic "LWS1" | kind (u8) | length (u32) | crc32 (u32) | payload`,
 little-endian, the CRC covering kind, length and payload. A crash (or a power
@@ -37,6 +38,7 @@ __all__ = [
     "BATCH_KIND",
     "HEADER",
     "INFO_FILE",
+    "PROBE_KIND",
     "SEGMENT_SUFFIX",
     "SPOOL_DIR_ENV",
     "SpoolInfo",
@@ -55,7 +57,7 @@ INFO_FILE = "run.json"
 SEGMENT_SUFFIX = ".seg"
 MAGIC = b"LWS1"
 HEADER = struct.Struct("<4sBII")  # magic, kind, payload length, crc32
-BATCH_KIND, ACK_KIND = 1, 2
+BATCH_KIND, ACK_KIND, PROBE_KIND = 1, 2, 3
 
 
 def default_spool_root() -> Path:
@@ -113,7 +115,7 @@ def read_record(file: BinaryIO, limit: int) -> tuple[int, bytes] | None:
     if len(header) < HEADER.size:
         return None
     magic, kind, length, crc = HEADER.unpack(header)
-    if magic != MAGIC or kind not in (BATCH_KIND, ACK_KIND) or length > limit:
+    if magic != MAGIC or kind not in (BATCH_KIND, ACK_KIND, PROBE_KIND) or length > limit:
         return None
     payload = file.read(length)
     if len(payload) < length or _crc(kind, payload) != crc:

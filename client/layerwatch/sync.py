@@ -1,4 +1,4 @@
-"""`layerwatch sync`: send the batches that runs left in their on-disk spool.
+"""`layerwatch sync`: send the batches (and probes) that runs left in their on-disk spool.
 
 A run leaves batches behind when its process is killed, or when `finish()`
 could not deliver everything in time. Each run directory is replayed by a
@@ -20,6 +20,7 @@ import httpx
 from layerwatch.buffer import Buffer
 from layerwatch.diskspool import DiskSpool
 from layerwatch.errors import SpoolLockedError
+from layerwatch.probefiles import has_probe_files
 from layerwatch.sender import Sender
 from layerwatch.spoolfile import default_spool_root, read_spool_info
 
@@ -84,13 +85,14 @@ def _sync_directory(
         return True, f"{name}: skipped, its process is still running ({directory})"
     except FileNotFoundError:
         return True, f"{name}: nothing to send (its process just finished)"
+    probes = has_probe_files(directory)
     if info is None:  # killed before writing run.json: fine if it wrote nothing else either
-        empty = not len(spool)
+        empty = not len(spool) and not probes
         spool.close()
         if empty:
             return True, f"{name}: nothing to send"
         return False, f"{name}: no readable run.json; cannot tell which run it belongs to"
-    if not len(spool) and info.status is None:
+    if not len(spool) and not probes and info.status is None:
         spool.close()
         return True, f"{name}: nothing to send"
     sender = Sender(
