@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from layerwatch_server.api.routes import health, ingest, layers, probes, runs, series, views
+from layerwatch_server.api.routes import export, health, ingest, layers, probes, runs, series, views
 from layerwatch_server.config import Settings, get_settings
 from layerwatch_server.db import make_engine, make_sessionmakers
 from layerwatch_server.errors import LayerwatchError, status_for
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.render_limiter = anyio.CapacityLimiter(settings.max_concurrent_renders)
 
     app.include_router(health.router)
-    for module in (runs, ingest, probes, series, layers, views):
+    for module in (runs, ingest, probes, series, layers, views, export):
         app.include_router(module.router, prefix=API_PREFIX)
     _install_error_handlers(app, settings)
     return app

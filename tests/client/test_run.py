@@ -28,9 +28,11 @@ MakeRun = Callable[..., layerwatch.Run]
 
 def test_public_names() -> None:
     assert layerwatch.__all__ == [
+        "Api",
         "ConfigError",
         "DeliveryError",
         "LayerwatchError",
+        "NotFoundError",
         "PayloadTooLargeError",
         "RejectedError",
         "RetryableError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +28,7 @@ from layerwatch_server.schemas import (
     TensorPublic,
     TensorsPublic,
 )
+from layerwatch_server.store.run_filters import ConfigFilter
 
 
 def _project_id(session: Session, name: str) -> int:
@@ -137,10 +139,17 @@ def list_runs(
     project: str | None = None,
     status: str | None = None,
     tag: str | None = None,
+    name: str | None = None,
+    config: Sequence[ConfigFilter] = (),
     offset: int = 0,
     limit: int = 100,
 ) -> RunsPublic:
-    """Runs newest first, optionally of one project, status or tag."""
+    """Runs newest first, optionally of one project, status, tag, name and config values.
+
+    Every filter given must match. Tags and config values are JSON, filtered
+    portably in Python (see `run_filters`): with either, every run the SQL
+    filters leave is read, then counted and paged here.
+    """
     query = select(SqlRun, SqlProject.name).join(SqlProject, SqlProject.id == SqlRun.project_id)
     if project is not None:
         if session.scalar(select(SqlProject.id).where(SqlProject.name == project)) is None:
@@ -148,14 +157,21 @@ def list_runs(
         query = query.where(SqlProject.name == project)
     if status is not None:
         query = query.where(SqlRun.status == status)
+    if name is not None:
+        query = query.where(SqlRun.name == name)
     query = query.order_by(SqlRun.started_at.desc(), SqlRun.id)
-    if tag is None:
+    if tag is None and not config:
         count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         page = session.execute(query.offset(offset).limit(limit)).all()
-    else:  # tags are a JSON list: filtered portably in Python
-        rows = [row for row in session.execute(query) if tag in (row[0].tags or [])]
+    else:
+        rows = [
+            row
+            for row in session.execute(query)
+            if (tag is None or tag in (row[0].tags or []))
+            and all(match.matches(row[0].config or {}) for match in config)
+        ]
         count, page = len(rows), rows[offset : offset + limit]
-    return RunsPublic(data=[_run_public(run, name) for run, name in page], count=count)
+    return RunsPublic(data=[_run_public(run, owner) for run, owner in page], count=count)
 
 
 def list_tensors(session: Session, run_id: str, *, kind: str | None = None) -> TensorsPublic:

@@ -10,6 +10,7 @@ from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SessionDep, WriteSessionDep
 from layerwatch_server.schemas import ProjectsPublic, RunPublic, RunsPublic, TensorsPublic
+from layerwatch_server.store.run_filters import parse_config_filters
 
 router = APIRouter(tags=["runs"])
 
@@ -39,12 +40,30 @@ def list_runs(
     project: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
     status: Annotated[wire.RunStatus | None, Query()] = None,
     tag: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
+    name: Annotated[
+        str | None, Query(max_length=wire.MAX_NAME_LENGTH, description="Exact run name.")
+    ] = None,
+    config: Annotated[
+        list[str] | None,
+        Query(
+            description="`<key>:<json value>` (repeat; all must match): `lr:0.1`, "
+            '`optimizer:"adam"`, `opt.momentum:0.9` for nested values; a value that is '
+            "not JSON is a string."
+        ),
+    ] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> RunsPublic:
-    """List runs newest first, optionally of one project, status or tag."""
+    """List runs newest first, optionally of one project, status, tag, name or config values."""
     return store.list_runs(
-        session, project=project, status=status, tag=tag, offset=offset, limit=limit
+        session,
+        project=project,
+        status=status,
+        tag=tag,
+        name=name,
+        config=parse_config_filters(config or []),
+        offset=offset,
+        limit=limit,
     )
 
 
