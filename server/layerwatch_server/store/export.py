@@ -38,7 +38,7 @@ from layerwatch_server.models import (
 )
 
 # The one decoder of stored histograms, shared with the JSON endpoint.
-from layerwatch_server.store.series import _unpack_histogram as unpack_histogram
+from layerwatch_server.store.series import unpack_histogram
 
 Table = Literal["stats", "scalars", "histograms", "unit_means", "weight_changes"]
 TABLES: tuple[Table, ...] = get_args(Table)

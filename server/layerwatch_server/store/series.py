@@ -187,7 +187,7 @@ def get_scalar_series(
     )
 
 
-def _unpack_histogram(row: SqlHistogram) -> tuple[list[float], list[int]]:
+def unpack_histogram(row: SqlHistogram) -> tuple[list[float], list[int]]:
     """(edges, counts) of a stored histogram."""
     width = len(row.counts) // row.bins
     counts = np.frombuffer(row.counts, dtype="<u4" if width == 4 else "<u8")
@@ -226,7 +226,7 @@ def get_histograms(
     rows, next_after = cut_page(list(session.scalars(query)), limit, lambda row: row.step)
     data = []
     for row in rows:
-        edges, counts = _unpack_histogram(row)
+        edges, counts = unpack_histogram(row)
         data.append(
             HistogramPublic(
                 step=row.step,
