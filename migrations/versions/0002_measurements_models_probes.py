@@ -1,4 +1,7 @@
-"""Unit means, weight changes, model trees, probes, attributions; histogram sample sizes.
+"""Unit means, weight changes, model trees, probes, attributions, embeddings; sample sizes.
+
+Histograms gain the sample size their counts were estimated from; embeddings
+cache 2-D projections of probed layers.
 
 Revision ID: 0002
 Revises: 0001
@@ -89,6 +92,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "step", "rank", name=op.f("pk_probe_attributions")),
     )
     op.create_table(
+        "embeddings",
+        sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("layer", sa.String(length=250), nullable=False),
+        sa.Column("method", sa.String(length=16), nullable=False),
+        sa.Column("perplexity", sa.Double(), nullable=False),
+        sa.Column("points", sa.Integer(), nullable=False),
+        sa.Column("coordinates", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["run_id", "step", "rank", "layer"],
+            ["probe_layers.run_id", "probe_layers.step", "probe_layers.rank", "probe_layers.name"],
+            name=op.f("fk_embeddings_run_id_probe_layers"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "run_id", "step", "rank", "layer", "method", "perplexity", name=op.f("pk_embeddings")
+        ),
+    )
+    op.create_table(
         "unit_means",
         sa.Column("tensor_id", sa.Integer(), nullable=False),
         sa.Column("step", sa.BigInteger(), nullable=False),
@@ -145,6 +169,7 @@ def downgrade() -> None:
         batch_op.drop_column("sample_size")
     op.drop_table("weight_changes")
     op.drop_table("unit_means")
+    op.drop_table("embeddings")
     op.drop_table("probe_attributions")
     op.drop_table("probe_layers")
     op.drop_table("probes")

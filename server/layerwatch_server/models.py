@@ -255,6 +255,35 @@ class SqlProbeAttributions(Base):
     deltas: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
+class SqlEmbedding(Base):
+    """A 2-D embedding of one probed layer, kept because t-SNE takes seconds to compute.
+
+    ``coordinates`` is ``(points, 2)`` little-endian float32, one row per
+    sample whose features were all finite, in sample order. ``perplexity`` is
+    the one t-SNE ran with (0 for PCA). Probes never change once stored, so a
+    row never goes stale; it goes with its probe layer.
+    """
+
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["run_id", "step", "rank", "layer"],
+            ["probe_layers.run_id", "probe_layers.step", "probe_layers.rank", "probe_layers.name"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[str] = mapped_column(NAME, primary_key=True)
+    method: Mapped[str] = mapped_column(String(16), primary_key=True)
+    perplexity: Mapped[float] = mapped_column(Double, primary_key=True)
+    points: Mapped[int] = mapped_column(Integer)
+    coordinates: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class SqlScalar(Base):
     """One value of a user-logged scalar such as the loss."""
 

@@ -1,5 +1,6 @@
 """Reading and writing the database: Session in, rows or models out; no HTTP here."""
 
+from layerwatch_server.store.embeddings import EmbeddingKey, get_embedding, save_embedding
 from layerwatch_server.store.ingest import ingest_batch
 from layerwatch_server.store.layers import get_model_trees, get_unit_means, get_weight_changes
 from layerwatch_server.store.probes import get_probe, ingest_probe, list_probes
@@ -20,8 +21,10 @@ from layerwatch_server.store.series import (
 )
 
 __all__ = [
+    "EmbeddingKey",
     "create_or_resume_run",
     "data_version",
+    "get_embedding",
     "get_histograms",
     "get_model_trees",
     "get_probe",
@@ -37,5 +40,6 @@ __all__ = [
     "list_runs",
     "list_scalar_names",
     "list_tensors",
+    "save_embedding",
     "update_run",
 ]
