@@ -6,11 +6,12 @@ from typing import Any
 
 from layerwatch_server.views.attributions import ATTRIBUTIONS
 from layerwatch_server.views.base import ImageParams, View, ViewData, ViewParams, render_png
+from layerwatch_server.views.model import MODEL
 from layerwatch_server.views.outputs import FEATURE_MAPS, LAYER_OUTPUTS
 from layerwatch_server.views.series import SCALARS, SERIES
 
 VIEWS: dict[str, View[Any, Any]] = {view.name: view for view in (
-    SERIES, SCALARS, LAYER_OUTPUTS, FEATURE_MAPS, ATTRIBUTIONS,
+    SERIES, SCALARS, LAYER_OUTPUTS, FEATURE_MAPS, ATTRIBUTIONS, MODEL,
 )}  # fmt: skip
 
 __all__ = ["VIEWS", "ImageParams", "View", "ViewData", "ViewParams", "render_png"]
