@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
@@ -46,6 +47,12 @@ class ImageParams(ViewParams):
         if self.width * self.height > MAX_PIXELS:
             raise ValueError(f"width x height must be at most {MAX_PIXELS} pixels")
         return self
+
+
+class Part(BaseModel):
+    """A nested part of a JSON twin: NaN and infinities as strings, like `ViewData`'s own."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
 
 
 class ViewData(BaseModel):
@@ -89,6 +96,7 @@ def render_png(view: View[Any, Any], data: ViewData, image: ImageParams) -> byte
     )
     FigureCanvasAgg(figure)
     view.draw(figure, data)
+    fit_text(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -99,3 +107,40 @@ def no_data(axes: Axes, message: str = "no data") -> None:
     axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes)
     axes.set_xticks([])
     axes.set_yticks([])
+
+
+def show_no_data(figure: Figure, title: str, notes: list[str]) -> None:
+    """A "no data" image: the title, and the first note (why) under it, wrapped."""
+    axes: Axes = figure.add_subplot()
+    no_data(axes)
+    axes.set_title(title)
+    if notes:
+        why = axes.text(0.5, 0.35, notes[0], ha="center", va="top", wrap=True,
+                        transform=axes.transAxes, fontsize="small")  # fmt: skip
+        why.set_in_layout(False)  # a long line must not squeeze the axes away
+
+
+def fit_text(figure: Figure, width_pts: float = 640.0, height_pts: float = 360.0) -> None:
+    """Shrink the texts of a figure smaller than `width_pts` x `height_pts` in proportion.
+
+    Fonts and pads are in points: in a small image (or at a high dpi) titles and
+    labels would leave the constrained layout no room, and it gives up with a
+    warning. Below a third of that size the layout is dropped altogether. Done
+    once per figure (`render_png` calls it after drawing; a view may call it
+    earlier, e.g. before sizing a table to the text).
+    """
+    if getattr(figure, "_layerwatch_text_fitted", False):
+        return
+    figure._layerwatch_text_fitted = True  # type: ignore[attr-defined]
+    width, height = figure.get_size_inches() * 72
+    scale = min(1.0, width / width_pts, height / height_pts)
+    if scale >= 1.0:
+        return
+    for text in figure.findobj(Text):
+        text.set_fontsize(max(1.0, text.get_fontsize() * scale))
+    for axes in figure.axes:
+        axes.tick_params(length=3.5 * scale, pad=3.5 * scale)
+        for axis in (axes.xaxis, axes.yaxis):
+            axis.labelpad *= scale
+    if scale < 1 / 3:
+        figure.set_layout_engine("none")

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.views.base import View, ViewData, ViewParams, no_data
+from layerwatch_server.views.base import Part, View, ViewData, ViewParams, no_data
 
 MAX_LINES = 32
 RunList = list[wire.Identifier]
 
 
-class Line(BaseModel):
+class Line(Part):
     run_id: str
     label: str
     steps: list[int]
