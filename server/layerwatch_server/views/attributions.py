@@ -32,7 +32,7 @@ from layerwatch_server.views.base import (
     fit_text,
     show_no_data,
 )
-from layerwatch_server.views.outputs import DIVERGING, NO_PROBES, caption, class_at, pick_step
+from layerwatch_server.views.probing import DIVERGING, NO_PROBES, caption, class_at, pick_step
 
 MAX_DRAWN = 16
 MAX_IMAGE_SIDE = 128

@@ -26,7 +26,7 @@ from layerwatch import wire
 from layerwatch_server.errors import NotFound
 from layerwatch_server.store.probe_arrays import load_probe
 from layerwatch_server.views.base import View, ViewData, no_data
-from layerwatch_server.views.scatter import ProbeParams, choose_probe, last_hidden_layer
+from layerwatch_server.views.probing import ProbeParams, choose_probe, last_hidden_layer
 
 MAX_TICKED_CLASSES = 40
 MAX_ANNOTATED_CLASSES = 20

@@ -21,7 +21,7 @@ from layerwatch import wire
 from layerwatch_server.store.embeddings import EmbeddingKey, get_embedding, save_embedding
 from layerwatch_server.store.probe_arrays import load_probe
 from layerwatch_server.views.base import View, ViewData, no_data
-from layerwatch_server.views.scatter import (
+from layerwatch_server.views.probing import (
     SKLEARN_MISSING,
     ColourBy,
     ProbeParams,

@@ -16,7 +16,7 @@ from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.errors import NotFound
 from layerwatch_server.views.base import View, ViewData, ViewParams, fit_text, show_no_data
-from layerwatch_server.views.outputs import listing
+from layerwatch_server.views.probing import listing
 
 NO_TREE = (
     "the run has no model tree: the client sends one at the first forward pass of a model "

@@ -10,7 +10,6 @@ full-resolution maps the client keeps of the first probe samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -31,75 +30,20 @@ from layerwatch_server.views.base import (
     fit_text,
     show_no_data,
 )
-
-ACTIVATIONS = frozenset(
-    name.lower()
-    for name in (
-        "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "GELU", "SiLU", "Swish", "Mish", "ELU",
-        "CELU", "SELU", "GLU", "Sigmoid", "LogSigmoid", "Hardsigmoid", "Hardswish", "Hardtanh",
-        "Tanh", "Tanhshrink", "Softmax", "Softmax2d", "LogSoftmax", "Softmin", "Softplus",
-        "Softsign", "Softshrink", "Hardshrink", "Threshold", "QuickGELU", "NewGELUActivation",
-    )
-)  # fmt: skip
-"""Module class names (lower case) whose output is an activation function's."""
-
-NO_PROBES = (
-    "the run has no probes: pass `probe=(inputs, labels)` to `run.watch(...)` and call "
-    "`run.probe()` (or set `probe_every`)"
+from layerwatch_server.views.probing import (
+    DIVERGING,
+    NO_PROBES,
+    caption,
+    class_at,
+    finite_range,
+    is_activation,
+    listing,
+    module_types,
+    pick_step,
 )
+
 MAX_ROWS = 32
 MAX_MAP_SIDE = 64
-DIVERGING = colormaps["RdBu_r"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
-"""Red above 0, blue below; NaN transparent (over a hatched background where it matters)."""
-
-
-def is_activation(module_type: str | None) -> bool:
-    return module_type is not None and module_type.lower() in ACTIVATIONS
-
-
-def listing(values: Sequence[object], limit: int = 12) -> str:
-    """`a`, `b`, ... for messages: the first `limit` values, and how many more."""
-    if not values:
-        return "none"
-    shown = ", ".join(f"`{value}`" for value in values[:limit])
-    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
-
-
-def pick_step(steps: list[int], step: int | None, run_id: str, what: str = "probe") -> int | None:
-    """The asked-for step if `steps` has it (else `NotFound`), by default the latest."""
-    if step is None:
-        return steps[-1] if steps else None
-    if step not in steps:
-        raise NotFound(
-            f"`step` {step}: run `{run_id}` has no {what} at step {step}; steps: {listing(steps)}"
-        )
-    return step
-
-
-def class_at(classes: np.ndarray | None, sample: int) -> int | None:
-    return None if classes is None or sample >= len(classes) else int(classes[sample])
-
-
-def caption(label: int | None, prediction: int | None) -> str:
-    """`label 3, predicted 5` with the parts the probe has."""
-    parts = [f"label {label}"] if label is not None else []
-    if prediction is not None:
-        parts.append(f"predicted {prediction}")
-    return ", ".join(parts)
-
-
-def module_types(session: Session, run_id: str, rank: int) -> dict[str, str]:
-    """Module path -> class name from the run's model trees (first tree wins)."""
-    types: dict[str, str] = {}
-    for tree in store.get_model_trees(session, run_id, rank=rank).data:
-        for module in tree.modules:
-            types.setdefault(module.path, module.type)
-    return types
-
-
-def finite_range(values: np.ndarray) -> tuple[float | None, float | None]:
-    finite = values[np.isfinite(values)]
-    return (float(finite.min()), float(finite.max())) if finite.size else (None, None)
 
 
 class _ProbeParams(ViewParams):
