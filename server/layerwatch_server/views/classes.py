@@ -28,6 +28,9 @@ from layerwatch_server.store.probe_arrays import load_probe
 from layerwatch_server.views.base import View, ViewData, no_data
 from layerwatch_server.views.probing import ProbeParams, choose_probe, last_hidden_layer
 
+MAX_CLASSES = 1000
+OTHER = -1
+"""The class standing for every class beyond `max_classes` in a confusion matrix."""
 MAX_TICKED_CLASSES = 40
 MAX_ANNOTATED_CLASSES = 20
 MAX_ANNOTATED_SIMILARITY = 10
@@ -40,7 +43,7 @@ def _floats(matrix: np.ndarray) -> list[list[float]]:
 def _class_ticks(axes: Axes, classes: list[int], *, x: bool, y: bool) -> None:
     if len(classes) > MAX_TICKED_CLASSES:
         return
-    ticks, names = range(len(classes)), [str(c) for c in classes]
+    ticks, names = range(len(classes)), ["other" if c == OTHER else str(c) for c in classes]
     if x:
         axes.set_xticks(ticks, names, fontsize="small")
     if y:
@@ -76,6 +79,9 @@ class ClassMeansParams(ProbeParams):
         None, description="Group samples by label or by predicted class; default: labels."
     )
     max_units: int = Field(256, ge=1, le=wire.MAX_UNITS, description="Most units drawn.")
+    max_classes: int = Field(
+        50, ge=1, le=MAX_CLASSES, description="Most classes drawn: the most frequent ones."
+    )
 
 
 class ClassMeansData(ViewData):
@@ -130,7 +136,11 @@ def compute_class_means(session: Session, run_id: str, params: ClassMeansParams)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         rows = features.reshape(len(features), features.shape[1], -1).astype(np.float64)
         units = rows.mean(axis=2) if channels else rows[:, :, 0]  # (samples, units)
-        classes = np.unique(groups)
+        classes, frequency = np.unique(groups, return_counts=True)
+        if len(classes) > params.max_classes:
+            data.notes.append(f"the {params.max_classes} most frequent of {len(classes)} classes")
+            data.downsampled = True
+            classes = np.sort(classes[_most_frequent(frequency, params.max_classes)])
         means = np.stack([units[groups == value].mean(axis=0) for value in classes])
         norms = np.linalg.norm(means, axis=1)
         similarity = (means @ means.T) / np.outer(norms, norms)
@@ -213,6 +223,10 @@ class ConfusionParams(ProbeParams):
         description="none: counts; true: each true class's row sums to 1; "
         "pred: each predicted class's column sums to 1.",
     )
+    max_classes: int = Field(
+        50, ge=2, le=MAX_CLASSES,
+        description="Most classes drawn: the most frequent ones, the rest as `other` (-1).",
+    )  # fmt: skip
 
 
 class ConfusionData(ViewData):
@@ -262,13 +276,18 @@ def compute_confusion(session: Session, run_id: str, params: ConfusionParams) ->
     probe = load_probe(session, run_id, step, rank=params.rank, layers=[])
     assert probe.labels is not None
     assert probe.predictions is not None
-    classes = np.union1d(probe.labels, probe.predictions)
+    labels, predictions = probe.labels, probe.predictions
+    classes, frequency = np.unique(np.concatenate([labels, predictions]), return_counts=True)
+    if len(classes) > params.max_classes:  # the most frequent ones, and `other` for the rest
+        kept = np.sort(classes[_most_frequent(frequency, params.max_classes - 1)])
+        data.notes.append(f"the {len(kept)} most frequent of {len(classes)} classes; "
+                          "the others are counted as `other` (-1)")  # fmt: skip
+        data.downsampled = True
+        labels = np.where(np.isin(labels, kept), labels, OTHER)
+        predictions = np.where(np.isin(predictions, kept), predictions, OTHER)
+        classes = np.concatenate([[OTHER], kept])
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(
-        counts,
-        (np.searchsorted(classes, probe.labels), np.searchsorted(classes, probe.predictions)),
-        1,
-    )
+    np.add.at(counts, (np.searchsorted(classes, labels), np.searchsorted(classes, predictions)), 1)
     support, hits = counts.sum(axis=1), np.diag(counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(support > 0, hits / support, np.nan)
@@ -333,3 +352,8 @@ CONFUSION = View(
     compute_confusion,
     draw_confusion,
 )
+
+
+def _most_frequent(frequency: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the `limit` largest counts (ties to the smaller class)."""
+    return np.argsort(-frequency, kind="stable")[:limit]
