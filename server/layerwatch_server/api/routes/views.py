@@ -87,8 +87,9 @@ def _add_routes(view: View[Any, Any]) -> None:
         run_id: RunId,
         params: Annotated[png_model, Query()],
     ) -> Response:
-        values = params.model_dump()
-        image = ImageParams(**{k: values.pop(k) for k in image_fields})
+        # Only what the user gave: a view may check which parameters were set.
+        values = params.model_dump(exclude_unset=True)
+        image = ImageParams(**{k: values.pop(k) for k in image_fields if k in values})
         return await _answer(request, view, run_id, params_model(**values), image)
 
     async def json(

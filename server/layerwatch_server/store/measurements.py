@@ -1,0 +1,218 @@
+"""Measurements of many tensors or many steps at once, as NumPy arrays, for the views.
+
+The JSON endpoints (``series.py``, ``layers.py``) page one tensor at a time;
+a view draws a whole network over a thinned set of steps. These queries first
+list the captured steps, thin them, and then read only the rows of the steps
+kept, so a long run costs a view the same as a short one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from layerwatch_server.errors import InvalidQuery
+from layerwatch_server.models import (
+    SqlHistogram,
+    SqlStat,
+    SqlTensor,
+    SqlUnitMean,
+    SqlWeightChange,
+)
+from layerwatch_server.store.runs import get_run
+
+Floats = npt.NDArray[np.float64]
+MeasurementTable = type[SqlStat] | type[SqlHistogram] | type[SqlUnitMean] | type[SqlWeightChange]
+WEIGHT_CHANGE_METRICS = ("since_prev", "since_init", "update_ratio")
+_CHUNK = 500  # bound parameters per IN list
+
+
+@dataclass(frozen=True)
+class StepHistogram:
+    """One stored histogram: ``counts[i]`` elements in ``[edges[i], edges[i + 1]]``."""
+
+    step: int
+    edges: Floats  # (bins + 1,)
+    counts: npt.NDArray[np.int64]  # (bins,)
+    sample_size: int | None
+
+
+def check_step_range(start: int | None, end: int | None) -> None:
+    """Refuse a step range that is empty by construction."""
+    if start is not None and end is not None and start > end:
+        raise InvalidQuery(f"`start` ({start}) is after `end` ({end})")
+
+
+def thin_evenly(steps: Sequence[int], max_steps: int) -> list[int]:
+    """At most ``max_steps`` of ``steps``, evenly spaced by position, first and last kept."""
+    n = len(steps)
+    if n <= max_steps:
+        return list(steps)
+    keep = np.unique(np.round(np.linspace(0, n - 1, max(max_steps, 2))).astype(np.intp))
+    return [steps[i] for i in keep]
+
+
+def list_tensor_ids(
+    session: Session, run_id: str, *, kind: str, table: MeasurementTable | None = None
+) -> list[tuple[str, int]]:
+    """(name, id) of the run's tensors of ``kind`` in network order.
+
+    With ``table``, only the tensors that have at least one row there.
+    """
+    get_run(session, run_id)  # 404 for a run that does not exist
+    query = select(SqlTensor.name, SqlTensor.id).where(
+        SqlTensor.run_id == run_id, SqlTensor.kind == kind
+    )
+    if table is not None:
+        query = query.where(select(table.tensor_id).where(table.tensor_id == SqlTensor.id).exists())
+    return [(name, tensor_id) for name, tensor_id in session.execute(query.order_by(SqlTensor.id))]
+
+
+def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), _CHUNK):
+        yield values[i : i + _CHUNK]
+
+
+def list_steps(
+    session: Session,
+    table: MeasurementTable,
+    tensor_ids: Sequence[int],
+    *,
+    rank: int = 0,
+    start: int | None = None,
+    end: int | None = None,
+) -> list[int]:
+    """The steps at which any of ``tensor_ids`` has a row in ``table``, ascending."""
+    check_step_range(start, end)
+    steps: set[int] = set()
+    for ids in _chunks(tensor_ids):
+        query = select(table.step).where(table.tensor_id.in_(ids), table.rank == rank).distinct()
+        if start is not None:
+            query = query.where(table.step >= start)
+        if end is not None:
+            query = query.where(table.step <= end)
+        steps.update(session.scalars(query))
+    return sorted(steps)
+
+
+def first_steps(
+    session: Session, table: MeasurementTable, tensor_ids: Sequence[int], *, rank: int = 0
+) -> dict[int, int]:
+    """Each tensor's first step with a row in ``table``."""
+    first: dict[int, int] = {}
+    for ids in _chunks(tensor_ids):
+        query = (
+            select(table.tensor_id, func.min(table.step))
+            .where(table.tensor_id.in_(ids), table.rank == rank)
+            .group_by(table.tensor_id)
+        )
+        first.update({tensor_id: step for tensor_id, step in session.execute(query)})
+    return first
+
+
+def _decode_histogram(row: SqlHistogram) -> StepHistogram:
+    width = len(row.counts) // row.bins
+    counts = np.frombuffer(row.counts, dtype="<u4" if width == 4 else "<u8").astype(np.int64)
+    if row.edges is not None:
+        edges = np.frombuffer(row.edges, dtype="<f8").astype(np.float64)
+    else:
+        lo = np.nan if row.lo is None else row.lo
+        hi = np.nan if row.hi is None else row.hi
+        edges = np.linspace(lo, hi, row.bins + 1)
+    return StepHistogram(row.step, edges, counts, row.sample_size)
+
+
+def get_histograms_at(
+    session: Session, tensor_id: int, *, steps: Sequence[int], rank: int = 0
+) -> list[StepHistogram]:
+    """The histograms of one tensor at ``steps`` (those that exist), by step."""
+    found: list[StepHistogram] = []
+    for chunk in _chunks(sorted(set(steps))):
+        query = select(SqlHistogram).where(
+            SqlHistogram.tensor_id == tensor_id,
+            SqlHistogram.rank == rank,
+            SqlHistogram.step.in_(chunk),
+        )
+        found.extend(_decode_histogram(row) for row in session.scalars(query))
+    return sorted(found, key=lambda h: h.step)
+
+
+def _table_of(
+    session: Session,
+    table: type[SqlStat] | type[SqlWeightChange],
+    columns: Sequence[str],
+    tensor_ids: Sequence[int],
+    steps: Sequence[int],
+    rank: int,
+) -> dict[str, Floats]:
+    """``{column: (tensors, steps) array}``, NaN where a tensor has no row at a step.
+
+    The extra key ``present`` is 1 where a row exists and NaN where none does, so
+    that a stored NaN can be told from a step the tensor was not captured at.
+    """
+    row_of = {tensor_id: i for i, tensor_id in enumerate(tensor_ids)}
+    col_of = {step: j for j, step in enumerate(steps)}
+    out = {c: np.full((len(tensor_ids), len(steps)), np.nan) for c in (*columns, "present")}
+    selected = [table.tensor_id, table.step, *(getattr(table, c) for c in columns)]
+    for ids in _chunks(tensor_ids):
+        for chunk in _chunks(steps):
+            query = select(*selected).where(
+                table.tensor_id.in_(ids), table.rank == rank, table.step.in_(chunk)
+            )
+            for tensor_id, step, *values in session.execute(query):
+                out["present"][row_of[tensor_id], col_of[step]] = 1.0
+                for column, value in zip(columns, values, strict=True):
+                    # None is SQLite's NaN
+                    out[column][row_of[tensor_id], col_of[step]] = (
+                        np.nan if value is None else value
+                    )
+    return out
+
+
+def get_stat_table(
+    session: Session,
+    tensor_ids: Sequence[int],
+    *,
+    stats: Sequence[str],
+    steps: Sequence[int],
+    rank: int = 0,
+) -> dict[str, Floats]:
+    """Statistics of many tensors at many steps: ``{stat: (tensors, steps) array}``."""
+    return _table_of(session, SqlStat, stats, tensor_ids, steps, rank)
+
+
+def get_weight_change_table(
+    session: Session, tensor_ids: Sequence[int], *, steps: Sequence[int], rank: int = 0
+) -> dict[str, Floats]:
+    """Weight changes of many tensors: ``{metric: (tensors, steps) array}``."""
+    return _table_of(session, SqlWeightChange, WEIGHT_CHANGE_METRICS, tensor_ids, steps, rank)
+
+
+def get_unit_means_at(
+    session: Session, tensor_id: int, *, steps: Sequence[int], rank: int = 0
+) -> tuple[Floats, npt.NDArray[np.bool_]]:
+    """Unit means of one tensor at ``steps``: (steps, units) and whether each step was captured.
+
+    A step without a row is a row of NaN, marked False in the second array.
+    """
+    rows: dict[int, Floats] = {}
+    for chunk in _chunks(steps):
+        query = select(SqlUnitMean.step, SqlUnitMean.means).where(
+            SqlUnitMean.tensor_id == tensor_id,
+            SqlUnitMean.rank == rank,
+            SqlUnitMean.step.in_(chunk),
+        )
+        for step, means in session.execute(query):
+            rows[step] = np.frombuffer(means, dtype="<f4").astype(np.float64)
+    units = max((len(r) for r in rows.values()), default=0)
+    out = np.full((len(steps), units), np.nan)
+    for j, step in enumerate(steps):
+        if step in rows:
+            out[j, : len(rows[step])] = rows[step]
+    return out, np.array([step in rows for step in steps], dtype=bool)

@@ -1,0 +1,164 @@
+"""`weight-change`: how far each weight moves, per capture, per update and since the start.
+
+Three panels over steps, one line per weight tensor, log scale: the relative
+change since the previous capture, the update-to-weight ratio of the step's
+own optimizer update (with the common rule of thumb of about 1e-3 drawn for
+reference), and the relative change since ``watch()``. A NaN change at a
+tensor's first capture, and a zero change since the start there, are what
+the client sends by definition, not problems.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from layerwatch import wire
+from layerwatch_server.models import SqlWeightChange
+from layerwatch_server.store import measurements
+from layerwatch_server.store.series import find_tensor_id
+from layerwatch_server.views.base import View, ViewData, no_data
+from layerwatch_server.views.distributions import StepRangeParams
+
+MAX_LINES = 32
+REFERENCE_RATIO = 1e-3
+Metric = Literal["since_prev", "update_ratio", "since_init"]
+METRICS: tuple[Metric, ...] = ("since_prev", "update_ratio", "since_init")
+LABELS: dict[str, tuple[str, str]] = {
+    "since_prev": ("relative change since the previous capture", "||W - W_prev|| / ||W_prev||"),
+    "update_ratio": ("update-to-weight ratio of the step's update", "||update|| / ||W||"),
+    "since_init": ("relative change since watch()", "||W - W_0|| / ||W_0||"),
+}
+
+
+class WeightChangeParams(StepRangeParams):
+    tensor: list[wire.Name] = Field(
+        default_factory=list, max_length=MAX_LINES,
+        description="Weight tensors to draw (repeat); default: every weight in network order.",
+    )  # fmt: skip
+    bias: bool = Field(False, description="Include parameters named `*.bias` by default.")
+    metric: list[Metric] = Field(
+        default_factory=lambda: list(METRICS), min_length=1, max_length=3,
+        description="Panels to draw (repeat): since_prev, update_ratio, since_init.",
+    )  # fmt: skip
+
+
+class Panel(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    metric: Metric
+    title: str
+    ylabel: str
+    values: list[list[float]] = Field(description="`values[i][j]`: layer i at step j.")
+    reference: float | None = Field(None, description="A dashed reference line's value.")
+
+
+class WeightChangeData(ViewData):
+    layers: list[str]
+    steps: list[int] = Field(description="Steps shown, after thinning.")
+    total_steps: int = Field(description="Captured steps in the range, before thinning.")
+    panels: list[Panel]
+
+
+def _tensors(session: Session, run_id: str, params: WeightChangeParams,
+             notes: list[str]) -> list[tuple[str, int]]:  # fmt: skip
+    if params.tensor:
+        names = list(dict.fromkeys(params.tensor))
+        return [(name, find_tensor_id(session, run_id, name, "weight")) for name in names]
+    tensors = measurements.list_tensor_ids(session, run_id, kind="weight", table=SqlWeightChange)
+    if not params.bias:
+        kept = [(name, i) for name, i in tensors if not name.endswith(".bias")]
+        if len(kept) < len(tensors):
+            notes.append(f"{len(tensors) - len(kept)} bias parameters left out (bias=true)")
+        tensors = kept
+    if len(tensors) > MAX_LINES:
+        notes.append(f"the first {MAX_LINES} of {len(tensors)} weight tensors")
+        tensors = tensors[:MAX_LINES]
+    return tensors
+
+
+def compute_weight_change(
+    session: Session, run_id: str, params: WeightChangeParams
+) -> WeightChangeData:
+    notes: list[str] = []
+    tensors = _tensors(session, run_id, params, notes)
+    ids = [i for _, i in tensors]
+    captured = measurements.list_steps(session, SqlWeightChange, ids, rank=params.rank,
+                                       start=params.start, end=params.end)  # fmt: skip
+    if not captured:
+        notes.append("no weight changes recorded" + (" in the step range" if tensors else ""))
+    steps = measurements.thin_evenly(captured, params.max_steps)
+    table = measurements.get_weight_change_table(session, ids, steps=steps, rank=params.rank)
+    first = measurements.first_steps(session, SqlWeightChange, ids, rank=params.rank)
+    # (layers, steps): True at each tensor's very first capture, where NaN / 0 is by definition
+    at_first = np.array([[first.get(i) == s for s in steps] for i in ids], dtype=bool)
+    at_first = at_first.reshape(len(ids), len(steps))
+    present = np.isfinite(table["present"])
+    panels: list[Panel] = []
+    for metric in dict.fromkeys(params.metric):
+        values = table[metric]
+        expected = at_first & (np.isnan(values) if metric == "since_prev" else values == 0)
+        bad = int((present & ~np.isfinite(values) & ~expected).sum())
+        nonpositive = int((present & np.isfinite(values) & (values <= 0) & ~expected).sum())
+        if metric == "update_ratio" and present.any() and not np.isfinite(values[present]).any():
+            notes.append("update_ratio: unknown (NaN) everywhere: without an optimizer passed "
+                         "to watch(), the client cannot see the step's own update")  # fmt: skip
+        elif bad:
+            notes.append(f"{metric}: {bad} non-finite values left out of the plot")
+        if nonpositive:
+            notes.append(f"{metric}: {nonpositive} zero or negative values left out (log scale)")
+        title, ylabel = LABELS[metric]
+        reference = REFERENCE_RATIO if metric == "update_ratio" else None
+        panels.append(Panel(metric=metric, title=title, ylabel=ylabel, values=values.tolist(),
+                            reference=reference))  # fmt: skip
+    return WeightChangeData(
+        view="weight-change", run_id=run_id, title="weight change per layer",
+        downsampled=len(steps) < len(captured), notes=notes, layers=[n for n, _ in tensors],
+        steps=steps, total_steps=len(captured), panels=panels,
+    )  # fmt: skip
+
+
+def draw_weight_change(figure: Figure, data: WeightChangeData) -> None:
+    suffix = " (downsampled)" if data.downsampled else ""
+    figure.suptitle(data.title + suffix)
+    if not data.steps:
+        no_data(figure.add_subplot(), "no weight changes")
+        return
+    steps = np.asarray(data.steps)
+    all_axes = figure.subplots(len(data.panels), 1, sharex=True, squeeze=False)[:, 0]
+    marker = "o" if len(steps) < 50 else None
+    for index, (axes, panel) in enumerate(zip(all_axes, data.panels, strict=True)):
+        drawn = False
+        for layer, row in zip(data.layers, panel.values, strict=True):
+            values = np.asarray(row, dtype=np.float64)
+            shown = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+            axes.plot(steps, shown, marker=marker, markersize=3, label=layer)
+            drawn = drawn or bool(np.isfinite(shown).any())
+        axes.set_title(panel.title, fontsize="medium")
+        axes.set_ylabel(panel.ylabel, fontsize="small")
+        axes.grid(True, alpha=0.3)
+        if not drawn:
+            no_data(axes, "no positive finite values")
+            continue
+        axes.set_yscale("log")
+        line = None
+        if panel.reference is not None:
+            line = axes.axhline(panel.reference, color="black", linestyle="--", linewidth=1,
+                                label=f"{panel.reference:g}: common rule of thumb")  # fmt: skip
+        if index == 0:  # the layers' legend, once
+            axes.legend(loc="best", fontsize="x-small", ncols=2 if len(data.layers) > 8 else 1)
+        elif line is not None:
+            axes.legend(handles=[line], loc="best", fontsize="x-small")
+    all_axes[-1].set_xlabel("step")
+    all_axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+WEIGHT_CHANGE = View("weight-change",
+                     "How far each weight moves: per capture, per update and since the start.",
+                     WeightChangeParams, WeightChangeData, compute_weight_change,
+                     draw_weight_change)  # fmt: skip
