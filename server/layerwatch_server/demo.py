@@ -101,27 +101,27 @@ def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
         tensors = http.get(f"{base}/tensors").raise_for_status().json()["data"]
         activations = [t["name"] for t in tensors if t["kind"] == "activation"]
         weights = [t["name"] for t in tensors if t["kind"] == "weight" and "weight" in t["name"]]
+        relus = [name for name in activations if name.startswith("relu")]
         plots: dict[str, tuple[str, dict[str, Any]]] = {
             "loss.png": ("scalars.png", {"name": ["loss"]}),
             "accuracy.png": ("scalars.png", {"name": ["train_acc", "test_acc"]}),
+            "activations_std.png": ("series.png", {"tensor": activations, "stat": "std"}),
+            # the fraction of dead (zero) ReLU outputs
+            "relu_zero_frac.png": ("series.png", {"tensor": relus, "stat": "zero_frac"}),
+            "distributions_fc2.png": ("distributions.png", {"tensor": "fc2"}),
+            "weights_before_after.png": ("histogram.png", {"tensor": "fc1.weight"}),
+            "gradient_flow.png": ("gradient-flow.png", {}),
+            "weight_change.png": ("weight-change.png", {"tensor": weights}),
+            "dead_units.png": ("dead-units.png", {}),
+            # the held-out probe, epoch by epoch: how the narrowest layer separates digits
+            "scatter_by_epoch.png": ("scatter.png", {"grid": True, "height": 700}),
+            "tsne.png": ("embedding.png", {}),
+            "class_means.png": ("class-means.png", {}),
+            "layer_outputs.png": ("layer-outputs.png", {}),
+            "confusion.png": ("confusion.png", {}),
+            "attributions.png": ("attributions.png", {}),
+            "model.png": ("model.png", {}),
         }
-        relus = [name for name in activations if name.startswith("relu")]
-        for stat, tensors in (
-            ("mean", activations), ("std", activations), ("max", activations),
-            ("zero_frac", relus),  # the fraction of dead (zero) ReLU outputs
-        ):  # fmt: skip
-            plots[f"activations_{stat}.png"] = (
-                "series.png",
-                {"tensor": tensors, "kind": "activation", "stat": stat},
-            )
-        plots["gradients_l2.png"] = (
-            "series.png",
-            {"tensor": weights, "kind": "grad", "stat": "l2"},
-        )
-        plots["weights_std.png"] = (
-            "series.png",
-            {"tensor": weights, "kind": "weight", "stat": "std"},
-        )
         for filename, (view, params) in plots.items():
             response = http.get(f"{base}/plots/{view}", params=params)
             response.raise_for_status()
