@@ -115,9 +115,7 @@ def test_sync_delivers_the_spool_of_a_killed_process(
     assert stored["scalars"] == [("loss", s) for s in range(steps)]
     assert stored["probes"] == sorted((s, n) for s in (6, 12) for n in names)
     # each record once: statistics, scalars, the model tree and the probes' layers
-    assert len(stored["stats"]) + len(stored["scalars"]) + 1 + len(stored["probes"]) == int(
-        spooled
-    )
+    assert len(stored["stats"]) + len(stored["scalars"]) + 1 + len(stored["probes"]) == int(spooled)
     batch_ids = [row[0] for row in stored["batches"]]
     assert len(batch_ids) == len(set(batch_ids))
     with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10) as api:

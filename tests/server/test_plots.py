@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import math
-import struct
 
 import httpx
 import numpy as np
 import pytest
 from batches import body, make_batch, new_id, scalars_block, stats_block
-from matplotlib.image import imread
+from images import assert_drawn, pixels
 
 from layerwatch_server.views import ImageParams, render_png
 from layerwatch_server.views.series import SERIES, Line, LinesData
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    """(width, height) from the IHDR chunk, which a PNG must start with."""
-    assert png[:8] == PNG_SIGNATURE
-    length, chunk = struct.unpack(">I4s", png[8:16])
-    assert (length, chunk) == (13, b"IHDR")
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return imread(io.BytesIO(png), format="png")
-
-
-def assert_drawn(png: bytes, width: int, height: int) -> None:
-    assert png_size(png) == (width, height)
-    image = pixels(png)
-    assert image.shape[:2] == (height, width)
-    assert image[..., :3].std() > 0.01  # not a blank canvas
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ scikit-learn.
 from __future__ import annotations
 
 import base64
-import io
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from batches import new_id
-from matplotlib.image import imread
+from images import DOWNSAMPLED, assert_drawn, view
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sqlalchemy import Engine, text
@@ -28,30 +26,6 @@ import layerwatch
 from conftest import GalleryRuns
 
 VIEWS = ("scatter", "embedding", "class-means", "confusion")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DOWNSAMPLED = "x-layerwatch-downsampled"
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    assert png[:8] == PNG_SIGNATURE
-    length, chunk = struct.unpack(">I4s", png[8:16])
-    assert (length, chunk) == (13, b"IHDR")
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
-
-
-def assert_drawn(png: bytes, width: int = 900, height: int = 500) -> None:
-    assert png_size(png) == (width, height)
-    image = imread(io.BytesIO(png), format="png")
-    assert image.shape[:2] == (height, width)
-    assert image[..., :3].std() > 0.01  # not a blank canvas
-
-
-def view(api: httpx.Client, run_id: str, name: str, **params: Any) -> dict[str, Any]:
-    response = api.get(f"/runs/{run_id}/plots/{name}.json", params=params)
-    assert response.status_code == 200, response.text
-    data: dict[str, Any] = response.json()
-    return data
 
 
 class StoredProbe:

@@ -8,37 +8,19 @@ table against ``GET /runs/{id}/model``.
 from __future__ import annotations
 
 import base64
-import io
 import math
-import struct
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from batches import body, make_batch, model_tree, new_id
-from matplotlib.image import imread
+from images import assert_drawn
 
 from conftest import GalleryRuns
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VIEWS = ("layer-outputs", "feature-maps", "attributions", "model")
 F16 = {"rtol": 1e-3, "atol": 1e-3}  # float16's precision, relative and near zero
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    assert png[:8] == PNG_SIGNATURE
-    length, chunk = struct.unpack(">I4s", png[8:16])
-    assert (length, chunk) == (13, b"IHDR")
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
-
-
-def assert_drawn(png: bytes, width: int = 900, height: int = 500) -> None:
-    assert png_size(png) == (width, height)
-    image = imread(io.BytesIO(png), format="png")
-    assert image.shape[:2] == (height, width)
-    assert image[..., :3].std() > 0.01  # not a blank canvas
 
 
 def unpack(data: str, dtype: str, shape: list[int]) -> np.ndarray:

@@ -8,9 +8,7 @@ parameters for a 4xx naming them; and every gallery run for no 5xx.
 
 from __future__ import annotations
 
-import io
 import math
-import struct
 from typing import Any
 
 import httpx
@@ -25,36 +23,12 @@ from batches import (
     stats_block,
     weight_changes_block,
 )
-from matplotlib.image import imread
+from images import DOWNSAMPLED, assert_drawn, png_size, view
 
 from conftest import GalleryRuns
 
 VIEWS = ("distributions", "histogram", "gradient-flow", "weight-change", "dead-units")
-DOWNSAMPLED = "x-layerwatch-downsampled"
 PERCENTILES = [0.0, 6.68, 15.87, 30.85, 50.0, 69.15, 84.13, 93.32, 100.0]
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    length, chunk = struct.unpack(">I4s", png[8:16])
-    assert (length, chunk) == (13, b"IHDR")
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
-
-
-def assert_drawn(png: bytes, width: int = 900, height: int = 500) -> None:
-    assert png_size(png) == (width, height)
-    image = imread(io.BytesIO(png), format="png")
-    assert image.shape[:2] == (height, width)
-    assert image[..., :3].std() > 0.01  # not a blank canvas
-
-
-def view(api: httpx.Client, run_id: str, name: str, **params: Any) -> dict[str, Any]:
-    response = api.get(f"/runs/{run_id}/plots/{name}.json", params=params)
-    assert response.status_code == 200, response.text
-    data: dict[str, Any] = response.json()
-    assert (data["view"], data["run_id"]) == (name, run_id)
-    return data
 
 
 def floats(values: Any) -> np.ndarray:
