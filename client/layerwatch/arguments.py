@@ -32,13 +32,17 @@ SERVER_ENV = "LAYERWATCH_SERVER"
 TOKEN_ENV = "LAYERWATCH_TOKEN"
 
 
+DEFAULT_ATTRIBUTION_STEPS = 32
+"""Points on each integrated-gradient path (`Run.watch(attribution_steps=...)`)."""
+
+
 def make_probe_config(
     probe: object,
     every: int | None,
     features: int,
     submit: Callable[[wire.Probe, int], bool],
     attributions: int = 0,
-    attribution_steps: int = 32,
+    attribution_steps: int = DEFAULT_ATTRIBUTION_STEPS,
 ) -> ProbeConfig | None:
     """The probe settings of `Run.watch()`, checked; None when it has no probe."""
     if probe is None:

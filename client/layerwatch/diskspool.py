@@ -187,8 +187,10 @@ class DiskSpool:
                     os.fsync(self._active_fd)
                 os.close(self._active_fd)
                 self._active_fd = -1
-            if not self._spooled and not has_probe_files(self.directory) and (
-                status is None or info is None
+            if (
+                not self._spooled
+                and not has_probe_files(self.directory)
+                and (status is None or info is None)
             ):
                 self._remove_directory()
             return lost

@@ -60,8 +60,8 @@ class ProbeConfig:
     every: int | None  # steps; None: only at `Run.probe()`
     features: int
     submit: Callable[[wire.Probe, int], bool]
-    attributions: int = 0  # samples explained by integrated gradients
-    attribution_steps: int = 32
+    attributions: int  # samples explained by integrated gradients
+    attribution_steps: int
 
 
 class Watch:

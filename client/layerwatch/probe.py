@@ -48,6 +48,7 @@ from torch.nn.functional import adaptive_avg_pool2d
 from torch.nn.modules.batchnorm import _NormBase
 
 from layerwatch import wire
+from layerwatch.arguments import DEFAULT_ATTRIBUTION_STEPS
 from layerwatch.errors import ConfigError
 from layerwatch.probeset import DEFAULT_MAX_SAMPLES, ProbeInputs, ProbeSet, pack_int32
 from layerwatch.reduce import first_float_tensor
@@ -63,7 +64,6 @@ __all__ = [
 
 logger = logging.getLogger("layerwatch")
 
-DEFAULT_ATTRIBUTION_STEPS: Final = 32
 MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
 """Most packed bytes (features, maps, labels, predictions) of one `wire.Probe`."""
 

@@ -21,6 +21,7 @@ import pydantic
 
 from layerwatch import wire
 from layerwatch.arguments import (
+    DEFAULT_ATTRIBUTION_STEPS,
     DEFAULT_SERVER,
     capture_options,
     check_count,
@@ -245,7 +246,7 @@ class Run:
         probe_every: int | None = None,
         probe_features: int = 1024,
         probe_attributions: int = 0,
-        attribution_steps: int = 32,
+        attribution_steps: int = DEFAULT_ATTRIBUTION_STEPS,
     ) -> Watch:
         """Capture `model`'s activations, weights and gradients every `every` steps.
 

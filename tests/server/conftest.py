@@ -9,31 +9,16 @@ run, a run of a single step, and a run whose values are NaN and infinite.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import httpx
 import pytest
 import torch
 from batches import body, histogram, make_batch, new_id, scalars_block, stats_block
+from gallery import GalleryRuns
 from sklearn.datasets import load_digits
 from torch import nn
 
 import layerwatch
-
-
-@dataclass(frozen=True)
-class GalleryRuns:
-    mlp: str  # digits MLP 64-32-16-10 with ReLUs: probes at steps 25, 50, 75, 100
-    cnn: str  # digits as 1x8x8 images: Conv2d(1, 8) + ReLU + MaxPool + Linear
-    empty: str  # created, nothing sent
-    single: str  # one step of everything that a batch carries
-    odd: str  # NaN and infinite statistics and scalars
-    probe_steps: tuple[int, ...] = (25, 50, 75, 100)
-
-    @property
-    def all(self) -> dict[str, str]:
-        return {"mlp": self.mlp, "cnn": self.cnn, "empty": self.empty, "single": self.single,
-                "odd": self.odd}  # fmt: skip
 
 
 def _train(server: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> str:

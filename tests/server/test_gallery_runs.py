@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import httpx
-
-from conftest import GalleryRuns
+from gallery import GalleryRuns
 
 
 def test_gallery_runs_exist(gallery_runs: GalleryRuns, api: httpx.Client) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from batches import new_id
+from gallery import GalleryRuns
 from images import DOWNSAMPLED, assert_drawn, view
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
@@ -23,7 +24,6 @@ from sqlalchemy import Engine, text
 from torch import nn
 
 import layerwatch
-from conftest import GalleryRuns
 
 VIEWS = ("scatter", "embedding", "class-means", "confusion")
 

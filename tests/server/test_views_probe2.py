@@ -15,9 +15,8 @@ import httpx
 import numpy as np
 import pytest
 from batches import body, make_batch, model_tree, new_id
+from gallery import GalleryRuns
 from images import assert_drawn
-
-from conftest import GalleryRuns
 
 VIEWS = ("layer-outputs", "feature-maps", "attributions", "model")
 F16 = {"rtol": 1e-3, "atol": 1e-3}  # float16's precision, relative and near zero

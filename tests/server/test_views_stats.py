@@ -23,9 +23,8 @@ from batches import (
     stats_block,
     weight_changes_block,
 )
+from gallery import GalleryRuns
 from images import DOWNSAMPLED, assert_drawn, png_size, view
-
-from conftest import GalleryRuns
 
 VIEWS = ("distributions", "histogram", "gradient-flow", "weight-change", "dead-units")
 PERCENTILES = [0.0, 6.68, 15.87, 30.85, 50.0, 69.15, 84.13, 93.32, 100.0]

@@ -34,6 +34,7 @@ class ProbeArrays:
     layers: dict[str, LayerArrays] = field(default_factory=dict)
     attributions: np.ndarray | None = None  # (n, *input shape) float32
     attribution_targets: np.ndarray | None = None  # (n,) int64
+    attribution_deltas: np.ndarray | None = None  # (n,) float64, when the client sent them
 
 
 def probe_steps(session: Session, run_id: str, *, rank: int = 0) -> list[int]:
@@ -45,21 +46,6 @@ def probe_steps(session: Session, run_id: str, *, rank: int = 0) -> list[int]:
             select(SqlProbe.step)
             .where(SqlProbe.run_id == run_id, SqlProbe.rank == rank)
             .order_by(SqlProbe.step)
-        )
-    )
-
-
-def probe_layer_names(session: Session, run_id: str, step: int, *, rank: int = 0) -> list[str]:
-    """The layers of the probe at `step`, in network order."""
-    return list(
-        session.scalars(
-            select(SqlProbeLayer.name)
-            .where(
-                SqlProbeLayer.run_id == run_id,
-                SqlProbeLayer.step == step,
-                SqlProbeLayer.rank == rank,
-            )
-            .order_by(SqlProbeLayer.position)
         )
     )
 
@@ -110,6 +96,8 @@ def load_probe(
         if explained is not None:
             result.attributions = np.frombuffer(explained.values, "<f4").reshape(explained.shape)
             result.attribution_targets = _ints(explained.targets)
+            if explained.deltas is not None:
+                result.attribution_deltas = np.frombuffer(explained.deltas, "<f8")
     return result
 
 

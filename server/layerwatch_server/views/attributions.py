@@ -16,13 +16,11 @@ from typing import Annotated, Literal
 import numpy as np
 from matplotlib.figure import Figure
 from pydantic import Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.errors import InvalidQuery
-from layerwatch_server.models import SqlProbeAttributions
 from layerwatch_server.store.probe_arrays import load_probe
 from layerwatch_server.views.base import (
     Part,
@@ -82,17 +80,6 @@ class AttributionsData(ViewData):
     samples: list[AttributedSample]
 
 
-def _deltas(session: Session, run_id: str, step: int, rank: int) -> np.ndarray | None:
-    stored = session.scalar(
-        select(SqlProbeAttributions.deltas).where(
-            SqlProbeAttributions.run_id == run_id,
-            SqlProbeAttributions.step == step,
-            SqlProbeAttributions.rank == rank,
-        )
-    )
-    return None if stored is None else np.frombuffer(stored, dtype="<f8")
-
-
 def _mode(shape: tuple[int, ...], as_image: bool | None) -> Literal["image", "bars"]:
     if len(shape) >= 2:
         return "bars" if as_image is False else "image"
@@ -133,7 +120,7 @@ def compute_attributions(
         data.notes.append(f"the first {MAX_DRAWN} of {len(chosen)} samples; pick with `sample`")
         chosen = chosen[:MAX_DRAWN]
     mode = _mode(shape, params.as_image)
-    deltas = _deltas(session, run_id, step, params.rank)
+    deltas = probe.attribution_deltas
     thinned = False
     for sample in chosen:
         flat = values[sample].reshape(-1).astype(np.float64)

@@ -105,6 +105,11 @@ def compute_scalars(session: Session, run_id: str, params: ScalarsParams) -> Lin
 
 def _lines_data(view: str, run_id: str, title: str, ylabel: str, logy: bool, lines: list[Line],
                 notes: list[str]) -> LinesData:  # fmt: skip
+    if not lines:
+        what = "logged scalars (`run.log`)" if view == "scalars" else f"{title.split()[0]} tensors"
+        notes.append(f"no {what} recorded for the runs shown")
+    elif not any(line.steps for line in lines):
+        notes.append("no points in the step range asked for")
     for line in lines:
         bad = int((~np.isfinite(np.asarray(line.values, dtype=np.float64))).sum())
         if bad:
