@@ -42,7 +42,7 @@ def _worker(rank: int, port: int, server: str, run_id: str) -> None:
         model = DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         with layerwatch.Run(server, project="ddp", id=run_id, flush_secs=0.2) as run:
-            run.watch(model, optimizer, every=1, probe=(x[:30], y[:30]), probe_every=3)
+            run.watch(model, optimizer, every=1, probe=layerwatch.Probe(x[:30], y[:30], every=3))
             for step in range(STEPS):
                 batch = shard[step * 10 : (step + 1) * 10]
                 with model.no_sync():  # gradient accumulation: two micro-batches

@@ -36,8 +36,12 @@ def _train(
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = len(x) // steps_per_epoch
     with layerwatch.Run(server, project="e2e", name="iris", config={"lr": 0.1}) as run:
-        run.watch(model, optimizer=optimizer, every=every, probe=(x[:PROBE], y[:PROBE]),
-                  probe_attributions=4)  # fmt: skip
+        run.watch(
+            model,
+            optimizer=optimizer,
+            every=every,
+            probe=layerwatch.Probe(x[:PROBE], y[:PROBE], attributions=4),
+        )
         for _ in range(epochs):
             for i in range(steps_per_epoch):
                 xb, yb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]

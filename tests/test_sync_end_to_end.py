@@ -28,7 +28,7 @@ model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 run = layerwatch.Run(server, project="sync-e2e", id=run_id, spool_dir=spool_dir,
                      flush_secs=0.02, batch_size=7, backoff=0.05)
-watch = run.watch(model, optimizer, every=1, weights=False, gradients=False, bins=None,
+watch = run.watch(model, optimizer, every=1, weights=False, gradients=False, histograms=None,
                   unit_means=False, probe=(torch.randn(20, 4), torch.arange(20) % 2))
 for step in range(steps):  # activation statistics, the model tree, and two probes
     loss = model(torch.randn(3, 4)).pow(2).mean()

@@ -15,15 +15,21 @@ with layerwatch.Run("http://localhost:8000", name="mlp-baseline") as run:
         optimizer.zero_grad()
 ```
 
-Query what a server stored with `layerwatch.Api("http://localhost:8000")` (see
-`layerwatch.api`).
+Query what a server stored with `layerwatch.Api("http://localhost:8000")`.
 
-Importing this package imports neither torch, httpx nor numpy; they are imported
-when a `Run` is made, a model watched, or `layerwatch.Api` first used.
+The public API is what `__all__` names, plus `layerwatch.wire` (the HTTP payloads,
+which the server shares). The subpackages are internal, laid out along the data
+path: `capture` (hooks) -> `reduce` (statistics on the tensor's device) ->
+`delivery` (queue, batches, spool, HTTP), with `probe` (the fixed probe batch) and
+`query` (the `Api`) beside them.
+
+Importing this package imports neither torch, httpx nor numpy: `Run` and `Watch`
+(torch, httpx) and `Api` (httpx, numpy) are imported on first use.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
@@ -38,24 +44,27 @@ from layerwatch.errors import (
     RunClosedError,
     RunNotFoundError,
 )
-from layerwatch.hooks import Watch
-from layerwatch.run import Run
-
-if TYPE_CHECKING:
-    from layerwatch.api import Api
+from layerwatch.options import Histograms, Probe
 
 try:
     __version__ = _metadata.version("layerwatch")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
+if TYPE_CHECKING:
+    from layerwatch.capture.watch import Watch
+    from layerwatch.query.api import Api
+    from layerwatch.run import Run
+
 __all__ = [
     "Api",
     "ConfigError",
     "DeliveryError",
+    "Histograms",
     "LayerwatchError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "Probe",
     "RejectedError",
     "RetryableError",
     "Run",
@@ -65,15 +74,21 @@ __all__ = [
     "__version__",
 ]
 
+_LAZY = {
+    "Api": "layerwatch.query.api",
+    "Run": "layerwatch.run",
+    "Watch": "layerwatch.capture.watch",
+}
+
 
 def __getattr__(name: str) -> object:
-    # `Api` needs httpx and numpy: imported on first use, not with the package.
-    if name == "Api":
-        from layerwatch.api import Api
-
-        return Api
+    # Heavy dependencies (torch, httpx, numpy) come with first use, not with the package.
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'layerwatch' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"Api"})
+    return sorted(set(globals()) | set(_LAZY))

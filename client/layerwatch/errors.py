@@ -12,9 +12,9 @@ Our exception hierarchy:
     - RejectedError - any other failure answer, with the server's `detail`. A `Run` drops the
       batch and counts it.
       + PayloadTooLargeError - 413. The batch is split in two and each half is retried.
-      + NotFoundError - 404 to a query: no such run, tensor, scalar or probe.
-        + RunNotFoundError - 404 for a run. For a batch, the run is created again, then the
-          batch retried.
+      + NotFoundError - 404: no such run, tensor, scalar or probe.
+        + RunNotFoundError - 404 with the code `run_not_found`. For a batch, the run is
+          created again, then the batch retried.
   + SpoolLockedError - another process holds a run's spool directory. `layerwatch sync`
     skips that directory; a `Run` tries the next name, or keeps its batches in memory.
 
@@ -55,15 +55,23 @@ class RunClosedError(LayerwatchError):
 class DeliveryError(LayerwatchError):
     """The server did not take or answer a request (a `Run`'s sender handles these itself).
 
-    `status_code` is the HTTP status, if an answer came; `detail` the server's `detail`.
+    `status_code` is the HTTP status, if an answer came; `detail` the server's `detail`;
+    `code` the server's stable error code (`run_not_found`, `conflict`, ...; see the
+    README), to branch on rather than the prose of `detail`.
     """
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, detail: object = None
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        detail: object = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.detail = detail
+        self.code = code
 
 
 class RetryableError(DeliveryError):
@@ -76,8 +84,9 @@ class RetryableError(DeliveryError):
         status_code: int | None = None,
         retry_after: float | None = None,
         detail: object = None,
+        code: str | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code, detail=detail)
+        super().__init__(message, status_code=status_code, detail=detail, code=code)
         self.retry_after = retry_after
 
 

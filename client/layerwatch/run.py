@@ -1,4 +1,10 @@
-"""`Run`: the one entry point of the client."""
+"""`Run`: the one entry point of the client, a facade over the data path.
+
+A run wires the steps together: `capture` (hooks, step clock) hands records to
+`reduce` (statistics on the tensor's device) and on to `delivery` (queue, batches,
+spool, HTTP). Over 400 lines for its docstrings alone: the public API is documented
+where it is defined, and that is about half of this module's lines.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import atexit
 import functools
 import logging
 import os
-import shlex
 import socket
 import sys
 import threading
@@ -15,39 +20,40 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
 
+import httpx
 import pydantic
+import torch
 
 from layerwatch import wire
-from layerwatch.arguments import (
-    DEFAULT_ATTRIBUTION_STEPS,
+from layerwatch.capture.clock import StepClock
+from layerwatch.capture.selection import Selection, select_modules, select_parameters
+from layerwatch.capture.watch import Watch
+from layerwatch.delivery.counters import Counters, report
+from layerwatch.delivery.queue import Buffer
+from layerwatch.delivery.sender import Sender
+from layerwatch.delivery.spool.disk import open_run_spool
+from layerwatch.delivery.spool.files import resolve_spool_root
+from layerwatch.delivery.transport import make_client
+from layerwatch.errors import ConfigError, RunClosedError
+from layerwatch.logs import OnceLog
+from layerwatch.options import (
     DEFAULT_SERVER,
+    Histograms,
+    Probe,
     capture_options,
     check_count,
     check_seconds,
-    make_client,
-    make_probe_config,
-    owner,
+    resolve_probe,
     resolve_server,
 )
-from layerwatch.buffer import Buffer, ScalarRecord
-from layerwatch.errors import ConfigError, RunClosedError
-from layerwatch.hooks import StepClock, Watch
-from layerwatch.reducer import Reducer
-from layerwatch.selection import Patterns, Types, select_modules
-
-if TYPE_CHECKING:
-    import httpx
-    import torch
-
-    from layerwatch.buffer import TensorMeta
-    from layerwatch.probeset import ProbeInputs
-    from layerwatch.sender import Counters, Sender
+from layerwatch.probe.inputs import ProbeInputs
+from layerwatch.probe.prober import Prober
+from layerwatch.records import ScalarRecord, TensorMeta
+from layerwatch.reduce.worker import Reducer
 
 __all__ = ["DEFAULT_SERVER", "Run"]
 
-logger = logging.getLogger("layerwatch")
 
 _STATUS_GRACE = 2.0  # seconds
 
@@ -142,13 +148,9 @@ class Run:
         self._every = check_count("every", every)
         check_count("max_queue", max_queue)
         check_count("max_spool_bytes", max_spool_bytes)
-        from layerwatch.spoolfile import resolve_spool_root
-
         self._spool_root = resolve_spool_root(spool_dir)
         check_count("batch_size", batch_size)
         check_seconds(flush_secs=flush_secs, timeout=timeout, backoff=backoff)
-        import httpx
-
         if http is not None and not isinstance(http, httpx.Client):
             raise ConfigError(f"`http` must be an httpx.Client, not {type(http).__name__}")
         self._server = resolve_server(server, http)
@@ -169,16 +171,12 @@ class Run:
         self._id: str = self._create.id
         self._timeout = timeout
 
-        from layerwatch.sender import Sender
-
         self._owns_http = http is None
-        self._http = http if http is not None else make_client(timeout)
+        self._http = http if http is not None else make_client(timeout=timeout)
         self._buffer = Buffer(max_queue)
         self._tensors: dict[tuple[str, wire.Kind], TensorMeta] = {}
         open_spool = None
         if self._spool_root is not None:
-            from layerwatch.diskspool import open_run_spool
-
             open_spool = functools.partial(
                 open_run_spool, self._spool_root, server=self._server, run=self._create,
                 max_bytes=max_spool_bytes,
@@ -190,7 +188,7 @@ class Run:
         )  # fmt: skip
         self._reducer = Reducer(self._buffer.put, self._buffer.count_dropped)
         self._clock = StepClock()
-        self._warned: set[str] = set()
+        self._log_once = OnceLog()
         self._lock = threading.Lock()
         self._closed = False
         self._flushed = False
@@ -230,23 +228,16 @@ class Run:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         every: int | None = None,
-        include: Patterns = None,
-        exclude: Patterns = None,
+        include: Selection = None,
+        exclude: Selection = None,
         *,
-        types: Types = None,
-        exclude_types: Types = None,
         activations: bool = True,
         weights: bool = True,
         gradients: bool = True,
-        bins: int | None = wire.DEFAULT_BINS,
-        sample_size: int = wire.DEFAULT_SAMPLE_SIZE,
         unit_means: bool = True,
         weight_change: bool = True,
-        probe: ProbeInputs | tuple[ProbeInputs, torch.Tensor | None] | None = None,
-        probe_every: int | None = None,
-        probe_features: int = 1024,
-        probe_attributions: int = 0,
-        attribution_steps: int = DEFAULT_ATTRIBUTION_STEPS,
+        histograms: int | Histograms | None = wire.DEFAULT_BINS,
+        probe: Probe | ProbeInputs | tuple[ProbeInputs, torch.Tensor | None] | None = None,
     ) -> Watch:
         """Capture `model`'s activations, weights and gradients every `every` steps.
 
@@ -254,7 +245,8 @@ class Run:
 
         ```python
         watch = run.watch(model, optimizer, every=100, exclude="*.dropout")
-        watch = run.watch(model, optimizer, types=[nn.Linear, nn.Conv2d], bins=128)
+        watch = run.watch(model, optimizer, include=[nn.Linear, nn.Conv2d], histograms=128)
+        watch = run.watch(model, optimizer, probe=layerwatch.Probe(x_val, y_val, every=500))
         ```
 
         Parameters:
@@ -266,48 +258,29 @@ class Run:
           after each update (weights and gradients are then read at that call, and
           the update-to-weight ratio is unknown). One run follows one optimizer.
         * **every** - capture steps `k` with `k % every == 0`; defaults to the run's.
-        * **include**, **exclude** - module names to keep or leave out: `fnmatch`
-          globs (`"encoder.*"`) or compiled regular expressions matching the whole
-          qualified name of `model.named_modules()`; one or a list.
-        * **types**, **exclude_types** - module classes (or class names) to keep or
-          leave out, e.g. `types=[nn.Linear, nn.Conv2d]`.
+        * **include**, **exclude** - modules to keep or leave out: name patterns
+          (`fnmatch` globs such as `"encoder.*"`, or compiled regular expressions,
+          matching the whole qualified name of `model.named_modules()`) or module
+          classes (`nn.Linear`; subclasses match); one or a list, any item matching.
         * **activations** - record the output of each chosen leaf module (a module
           without children) in the first forward pass of a captured step.
         * **weights**, **gradients** - record the chosen modules' own parameters and
           their gradients.
-        * **bins** - histogram bins (1-512) over each tensor's finite range; None for
-          no histograms.
-        * **sample_size** - histograms of larger tensors are estimated from a uniform
-          sample of this many elements; 0 for exact histograms. Statistics are
-          always exact.
         * **unit_means** - record per-unit means of activations (per output feature,
           or per channel of convolution outputs; the first 4096 units).
         * **weight_change** - record each parameter's relative change since the
           previous capture and since now, and the update-to-weight ratio; keeps two
           copies of the watched parameters on their device.
-        * **probe** - fixed held-out inputs, `(inputs, labels)` or just inputs
-          (a tensor, a tuple of tensors, or a dict of keyword tensors), at most 1024
-          samples. At each probe, the model runs on them in eval mode without
-          gradients, and every chosen leaf module's output for every sample is sent
-          (float16; pooled or truncated to `probe_features` values per sample, see
-          `layerwatch.probe`), with the labels and the predictions. The model's
-          modes, gradients, RNG state and BatchNorm statistics are left as they were.
-        * **probe_every** - probe when the step reaches a multiple of this; None
-          (default) probes only when `run.probe()` is called, e.g. after each epoch.
-        * **probe_features** - most values kept per sample and layer (1-16384).
-        * **probe_attributions** - at each probe, also explain the first this many
-          probe samples (0-64) with integrated gradients toward their label (or
-          the predicted class) from an all-zero baseline; needs Captum (extra
-          `attribution`) and probe inputs of one float tensor.
-        * **attribution_steps** - steps of the integrated-gradient path; each probe
-          then costs about `probe_attributions * attribution_steps` extra forward
-          and backward passes, run 256 at a time.
+        * **histograms** - bins (1-512) of each tensor's histogram over its finite
+          range, a `layerwatch.Histograms` (bins and sample size), or None for none.
+        * **probe** - fixed held-out inputs run through the model at each probe: a
+          `layerwatch.Probe` (inputs, labels, how often, how much is kept,
+          attributions), or just `(inputs, labels)` or `inputs`, probed at each
+          `run.probe()`.
 
         Raises `ConfigError` for bad arguments, or when nothing is selected.
         """
         self._check_open()
-        import torch
-
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"`model` must be a torch.nn.Module, not {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -315,31 +288,26 @@ class Run:
                 f"`optimizer` must be a torch.optim.Optimizer, not {type(optimizer).__name__}"
             )
         every = self._every if every is None else check_count("every", every)
-        probe_config = make_probe_config(
-            probe, probe_every, probe_features, self._sender.submit_probe,
-            probe_attributions, attribution_steps,
-        )  # fmt: skip
         options = capture_options(
-            activations=activations, weights=weights, gradients=gradients, bins=bins,
-            sample_size=sample_size, unit_means=unit_means, weight_change=weight_change,
+            activations=activations, weights=weights, gradients=gradients,
+            unit_means=unit_means, weight_change=weight_change, histograms=histograms,
         )  # fmt: skip
-        chosen = select_modules(model, include, exclude, types, exclude_types)
+        probe_options = resolve_probe(probe)
+        prober = None
+        if probe_options is not None:
+            prober = Prober(probe_options, self._sender.submit_probe)
+        chosen = select_modules(model, include, exclude)
         leaves = [(n, m) for n, m in chosen if next(m.children(), None) is None]
-        owners = {m for _, m in chosen}
-        params = [
-            (name, param)
-            for name, param in model.named_parameters()
-            if owner(model, name) in owners
-        ]
+        params = select_parameters(model, chosen)
         if not (leaves if activations else []) and not (params if weights or gradients else []):
             raise ConfigError(
                 f"nothing of {type(model).__name__} to watch with include={include!r} "
-                f"exclude={exclude!r} types={types!r} exclude_types={exclude_types!r}"
+                f"exclude={exclude!r}"
             )
         return Watch(
             model, leaves, params, every=every, options=options, clock=self._clock,
             put=self._buffer.put, reducer=self._reducer, tensors=self._tensors,
-            optimizer=optimizer, probe=probe_config,
+            optimizer=optimizer, prober=prober,
         )  # fmt: skip
 
     def probe(self) -> int:
@@ -358,7 +326,8 @@ class Run:
         self._check_open()
         watches = [w for w in self._clock.watches if w.has_probe]
         if not watches:
-            self._warn_once("probe", "run.probe() ignored: no watch was given `probe=`")
+            self._log_once("probe", logging.WARNING,
+                           "run.probe() ignored: no watch was given `probe=`")  # fmt: skip
         return sum(watch.probe() for watch in watches)
 
     def step(self) -> None:
@@ -377,7 +346,9 @@ class Run:
         """
         self._check_open()
         if self._clock.follows_optimizer:
-            self._warn_once("step", "run.step() ignored: the optimizer's steps are counted")
+            self._log_once(
+                "step", logging.WARNING, "run.step() ignored: the optimizer's steps are counted"
+            )
             return
         self._clock.advance(manual=True)
 
@@ -397,15 +368,18 @@ class Run:
         self._check_open()
         at = self._clock.step if step is None else step
         if not isinstance(at, int) or at < 0:
-            self._warn_once("log step", f"run.log(): ignoring values at step {step!r}")
+            self._log_once(
+                "log step", logging.WARNING, f"run.log(): ignoring values at step {step!r}"
+            )
             return
         now = time.time()
-        torch_module = sys.modules.get("torch")  # no torch imported, no tensor to log
         for name, value in values.items():
             logged: float | torch.Tensor
-            if torch_module is not None and isinstance(value, torch_module.Tensor):
+            if isinstance(value, torch.Tensor):
                 if value.numel() != 1 or value.is_complex():
-                    self._warn_once(f"log {name}", f"run.log(): `{name}` is not a real scalar")
+                    self._log_once(
+                        f"log {name}", logging.WARNING, f"run.log(): `{name}` is not a real scalar"
+                    )
                     continue
                 # A copy: the caller may change its tensor in place before the sender reads it.
                 logged = value.detach().clone()
@@ -413,7 +387,9 @@ class Run:
                 try:
                     logged = float(value)
                 except (TypeError, ValueError):
-                    self._warn_once(f"log {name}", f"run.log(): `{name}` is not a number")
+                    self._log_once(
+                        f"log {name}", logging.WARNING, f"run.log(): `{name}` is not a number"
+                    )
                     continue
             self._buffer.put(ScalarRecord(at, str(name), logged, now))
 
@@ -462,23 +438,8 @@ class Run:
         self._sender.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
         if self._owns_http:
             self._http.close()
-        counts = self._sender.counters
-        clean = self._flushed and not (counts.dropped or counts.failed_batches or counts.spooled)
-        replay = ""
-        if counts.spooled and self._spool_root is not None:
-            root = shlex.quote(str(self._spool_root))
-            replay = f"; `layerwatch sync --spool-dir {root}` sends the spooled ones"
-        summary = (
-            f"layerwatch: run {self._id} {status}: {counts.sent} records sent, "
-            f"{counts.spooled} spooled, {counts.dropped} dropped "
-            f"({counts.failed_batches} batches given up)"
-            + ("" if self._flushed else f" (sending timed out after {timeout:g}s)")
-            + replay
-        )
-        if logger.hasHandlers():
-            logger.log(logging.INFO if clean else logging.WARNING, "%s", summary)
-        else:  # logging not configured: the one line a script shows at its end
-            print(summary, file=sys.stderr)
+        report(self._sender.counters, run_id=self._id, status=status, flushed=self._flushed,
+               timeout=timeout, spool_root=self._spool_root)  # fmt: skip
         return self._flushed
 
     def close(self, timeout: float | None = None) -> bool:
@@ -515,11 +476,6 @@ class Run:
     def _check_open(self) -> None:
         if self._closed:
             raise RunClosedError(f"run {self._id} is closed")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning("layerwatch: %s", message)
 
 
 def _finish_at_exit(ref: weakref.ReferenceType[Run]) -> None:

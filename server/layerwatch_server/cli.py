@@ -80,7 +80,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _sync(args: argparse.Namespace) -> int:
     import logging
 
-    from layerwatch.sync import sync_spools
+    from layerwatch.delivery.sync import sync_spools
 
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     return sync_spools(args.spool_dir, server=args.server, run_id=args.run, timeout=args.timeout)

@@ -67,8 +67,8 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
         # the held-out probe: what each layer makes of 256 test digits, once per epoch
         # and integrated gradients of 8 of them, when Captum is installed
         explain = 8 if importlib.util.find_spec("captum") else 0
-        run.watch(model, optimizer=optimizer, every=every, probe=(x_test[:256], y_test[:256]),
-                  probe_attributions=explain)  # fmt: skip
+        probe = layerwatch.Probe(x_test[:256], y_test[:256], attributions=explain)
+        run.watch(model, optimizer=optimizer, every=every, probe=probe)
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(x_train))

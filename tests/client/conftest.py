@@ -79,12 +79,16 @@ class FakeServer:
                 self.runs.setdefault(run.id, run)
                 return httpx.Response(201, json={"id": run.id})
             if parts[3] not in self.runs:
-                return httpx.Response(404, json={"detail": "run not found"})
+                return httpx.Response(
+                    404, json={"detail": "run not found", "code": "run_not_found"}
+                )
             if endpoint == "patch":
                 self.statuses[parts[3]] = wire.RunUpdate.model_validate_json(body).status
                 return httpx.Response(200, json={"id": parts[3]})
             if self.max_body is not None and len(body) > self.max_body:
-                return httpx.Response(413, json={"detail": "too large"})
+                return httpx.Response(
+                    413, json={"detail": "too large", "code": "payload_too_large"}
+                )
             if parts[4] == "probes":
                 probe = wire.Probe.model_validate_json(body)
                 self.probes.append(probe)
@@ -93,7 +97,9 @@ class FakeServer:
             try:
                 batch = wire.Batch.model_validate_json(body)
             except pydantic.ValidationError as exc:
-                return httpx.Response(422, json={"detail": json.loads(exc.json())})
+                return httpx.Response(
+                    422, json={"detail": json.loads(exc.json()), "code": "invalid"}
+                )
             duplicate = batch.batch_id in self.batches
             self.batches.setdefault(batch.batch_id, batch)
             receipt = wire.BatchReceipt(

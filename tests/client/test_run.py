@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import layerwatch
-from layerwatch.diskspool import DiskSpool
+from layerwatch.delivery.spool.disk import DiskSpool
+from layerwatch.delivery.spool.files import read_spool_info
 from layerwatch.errors import ConfigError, LayerwatchError, RunClosedError
-from layerwatch.spoolfile import read_spool_info
 
 if TYPE_CHECKING:
     from tests.client.conftest import FakeServer
@@ -31,9 +31,11 @@ def test_public_names() -> None:
         "Api",
         "ConfigError",
         "DeliveryError",
+        "Histograms",
         "LayerwatchError",
         "NotFoundError",
         "PayloadTooLargeError",
+        "Probe",
         "RejectedError",
         "RetryableError",
         "Run",

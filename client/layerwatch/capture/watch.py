@@ -1,0 +1,289 @@
+"""`Watch`: the hooks capturing one model, and the handles that remove them.
+
+A hook costs one attribute read on a step that is not captured. On a captured step
+it hands the tensor to a reduction (see `layerwatch.reduce`): inline on
+accelerators, where it queues a few kernels and never waits; on the reducer thread
+for CPU tensors, after a private copy (see `layerwatch.reduce.worker`). Weights and
+gradients are read at the optimizer step (`capture.parameters`), the step itself is
+counted by `capture.clock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, MutableMapping
+from types import TracebackType
+
+import torch
+
+from layerwatch.capture.clock import StepClock
+from layerwatch.capture.eager import eager
+from layerwatch.capture.model_tree import TreeRecorder
+from layerwatch.capture.parameters import ParamTracker
+from layerwatch.logs import logger
+from layerwatch.options import CaptureOptions
+from layerwatch.probe.prober import Prober
+from layerwatch.records import Record, SummaryRecord, TensorKey, TensorMeta
+from layerwatch.reduce.statistics import Summarizer, first_float_tensor, unit_dim
+from layerwatch.reduce.worker import Reducer
+
+__all__ = ["Watch"]
+
+_ForwardHook = Callable[[torch.nn.Module, tuple[object, ...], object], None]
+
+
+class Watch:
+    """Hooks capturing a model's activations, weights and gradients; made by `Run.watch()`.
+
+    On each captured step (see `Run` for what a step is): the output of every chosen
+    leaf module in the first forward pass run with gradients enabled, and every
+    chosen parameter and its gradient at the optimizer step, are each reduced to
+    statistics (mean, std, min, max, mean absolute value, L2 norm, fraction of
+    zeros, count of non-finite values, size), a histogram, per-unit means
+    (activations) and weight change (weights). The model tree with its shapes is
+    sent once, at the first forward pass.
+
+    `remove()` detaches every hook, including the optimizer step hooks that `watch()`
+    registered; it also runs when the `Run` closes. Afterwards the model and the
+    optimizer are exactly as before.
+
+    Usage:
+
+    ```python
+    watch = run.watch(model, optimizer, every=100, include="encoder.*")
+    ...
+    watch.remove()
+    ```
+
+    A hook that fails (an unusual output type, say) disables its whole `Watch` with
+    one logged warning; training goes on unaffected.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        modules: list[tuple[str, torch.nn.Module]],
+        params: list[tuple[str, torch.nn.Parameter]],
+        *,
+        every: int,
+        options: CaptureOptions,
+        clock: StepClock,
+        put: Callable[[Record], bool],
+        reducer: Reducer,
+        tensors: MutableMapping[TensorKey, TensorMeta],
+        optimizer: torch.optim.Optimizer | None = None,
+        prober: Prober | None = None,
+    ) -> None:
+        """Called by `Run.watch()`; not meant to be called directly."""
+        clock.attach(optimizer)  # first: it may refuse, and then no hook is left behind
+        self._every = every
+        self._options = options
+        self._clock = clock
+        self._put = put
+        self._reducer = reducer
+        self._tensors = tensors
+        self._optimizer = optimizer
+        self._names = tuple(name for name, _ in modules)
+        self._model = model
+        self._modules = modules
+        self._prober = prober
+        self._summarizer = Summarizer(bins=options.bins, sample_size=options.sample_size)
+        self._enabled = True
+        self._removed = False
+        self._step = clock.step
+        self._capturing = clock.step % every == 0
+        self._seen: set[str] = set()  # modules recorded at this step: one record per step
+        self._is_grad_enabled = torch.is_grad_enabled
+        owners = dict(model.named_modules())
+        for name, param in params:
+            owner = owners.get(name.rpartition(".")[0], model)
+            dtype = str(param.dtype).removeprefix("torch.")
+            for kind in ("weight", "grad"):
+                tensors[(name, kind)] = (type(owner).__name__, tuple(param.shape), dtype)
+        self._params = ParamTracker(
+            params, summarizer=self._summarizer, emit=self._emit,
+            weights=options.weights, gradients=options.gradients,
+            weight_change=options.weight_change, follow_grads=optimizer is None,
+        )  # fmt: skip
+        self._params.capturing = self._capturing
+        self._tree = TreeRecorder(model, put)
+        self._handles = []
+        if options.activations:
+            self._handles = [
+                module.register_forward_hook(self._make_hook(name)) for name, module in modules
+            ]
+        clock.watches.append(self)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Qualified names of the watched modules, as in `model.named_modules()`."""
+        return self._names
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Qualified names of the watched parameters, as in `model.named_parameters()`."""
+        return self._params.names
+
+    @property
+    def every(self) -> int:
+        """Steps `k` with `k % every == 0` are captured."""
+        return self._every
+
+    @property
+    def options(self) -> CaptureOptions:
+        return self._options
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer whose steps advance the run's step, if one was given."""
+        return self._optimizer
+
+    @property
+    def has_probe(self) -> bool:
+        """True when `Run.watch()` was given probe inputs."""
+        return self._prober is not None
+
+    @property
+    def active(self) -> bool:
+        """False once removed, or disabled by a failing hook."""
+        return self._enabled and not self._removed
+
+    def remove(self) -> None:
+        """Detach every hook this `Watch` registered. Calling it again does nothing.
+
+        Usage:
+
+        ```python
+        watch = run.watch(model)
+        watch.remove()
+        assert not any(m._forward_hooks for m in model.modules())
+        ```
+        """
+        if self._removed:
+            return
+        self._removed = True
+        self._capturing = False
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._tree.remove()
+        self._params.after_step(self._step, updated=False)  # a weight record waiting for it
+        self._params.remove()
+        self._clock.detach(self)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._removed else "active" if self._enabled else "disabled"
+        return f"<Watch {len(self._names)} modules every={self._every} {state}>"
+
+    # -- called by the StepClock ---------------------------------------------------
+
+    def _before_update(self) -> None:
+        """Before the optimizer step (or at `run.step()`): weights and gradients."""
+        if self._capturing:
+            self._guarded("parameters", self._params.before_step, self._step)
+
+    def _after_update(self, *, updated: bool) -> None:
+        self._guarded("parameters", lambda: self._params.after_step(self._step, updated=updated))
+
+    def _on_step(self, step: int) -> None:
+        """Called by the run when the step advances (optimizer step or `run.step()`)."""
+        self._step = step
+        self._capturing = self._enabled and not self._removed and step % self._every == 0
+        self._params.capturing = self._capturing
+        if self._seen:
+            self._seen.clear()
+        if self._prober is not None and self._prober.due(step):
+            self.probe()
+
+    def probe(self) -> int:
+        """Run the probe inputs through the model now (in eval mode, without gradients,
+        leaving its state as it was) and queue the payloads; return how many."""
+        if self._prober is None or self._removed:
+            return 0
+        # Attributions run forwards with gradients on: not a training pass to record.
+        capturing, self._capturing = self._capturing, False
+        try:
+            return self._prober.run(self._model, self._modules, self._step)
+        finally:
+            self._capturing = capturing and not self._removed
+
+    # -- activations ---------------------------------------------------------------
+
+    def _make_hook(self, name: str) -> _ForwardHook:
+        seen = self._seen
+        is_grad_enabled = self._is_grad_enabled
+
+        # Under torch.compile, the check below is traced (a guard on one bool, so an
+        # uncaptured step runs a graph without hooks) and `capture` is not: a captured
+        # step runs a second compiled variant that leaves the graph at each module.
+        @eager
+        def capture(module: torch.nn.Module, output: object) -> None:
+            if name in seen or not is_grad_enabled():  # accumulation / eval pass
+                return
+            self._guarded(name, self._capture, name, module, output)
+
+        def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
+            if self._capturing:  # the common case, False, returns at once
+                capture(module, output)
+
+        return hook
+
+    def _capture(self, name: str, module: torch.nn.Module, output: object) -> None:
+        tensor = first_float_tensor(output)
+        self._seen.add(name)
+        if tensor is None:  # integer or no tensor output: nothing to summarise
+            return
+        key: TensorKey = (name, "activation")
+        module_type = type(module).__name__
+        if key not in self._tensors:  # shape and dtype are host metadata: no sync
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            self._tensors[key] = (module_type, tuple(tensor.shape), dtype)
+        units = unit_dim(tensor.shape, module_type) if self._options.unit_means else None
+        step, numel, summarizer = self._step, tensor.numel(), self._summarizer
+        snapshot = tensor.detach()
+        if snapshot.device.type == "cpu":
+            snapshot = snapshot.clone()  # reduced later, on the reducer thread
+
+        def job(sync: bool) -> Iterable[Record]:
+            summary = summarizer.summarize(snapshot, units=units, sync=sync)
+            return [SummaryRecord(step, name, "activation", numel, summary)]
+
+        rows = 1 + (summarizer.bins is not None) + (units is not None)
+        self._emit(snapshot.device, job, rows, snapshot.nbytes)
+
+    def _emit(
+        self,
+        device: torch.device,
+        job: Callable[[bool], Iterable[Record]],
+        rows: int,
+        nbytes: int,
+    ) -> None:
+        """Run `job` inline on accelerators (kernels queue up, nothing waits), or on the
+        reducer thread for CPU tensors."""
+        if device.type == "cpu":
+            self._reducer.submit(lambda: job(True), nbytes, rows)
+        else:
+            for record in job(False):
+                self._put(record)
+
+    def _guarded(self, where: str, function: Callable[..., object], *args: object) -> None:
+        try:
+            function(*args)
+        except Exception:
+            self._enabled = False
+            self._capturing = False
+            self._params.capturing = False
+            logger.warning(
+                "layerwatch: disabling the watch of %d modules after its hook failed on `%s`",
+                len(self._names), where, exc_info=True,
+            )  # fmt: skip

@@ -1,0 +1,52 @@
+"""`Counters`: what became of a run's records, and the one summary line a run ends with."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerwatch.logs import logger
+
+__all__ = ["Counters", "report"]
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What became of the records put on the queue so far."""
+
+    sent: int  # records the server acknowledged
+    dropped: int  # records given up: full queue, refused or unsendable batches, shutdown
+    failed_batches: int  # batches given up
+    spooled: int = 0  # records on disk awaiting delivery (by this process or `layerwatch sync`)
+
+
+def report(
+    counts: Counters,
+    *,
+    run_id: str,
+    status: str,
+    flushed: bool,
+    timeout: float,
+    spool_root: Path | None,
+) -> None:
+    """Log the summary line of a finished run: INFO when all went well, else WARNING;
+    printed to stderr when the program configured no logging (a script's last line)."""
+    clean = flushed and not (counts.dropped or counts.failed_batches or counts.spooled)
+    replay = ""
+    if counts.spooled and spool_root is not None:
+        root = shlex.quote(str(spool_root))
+        replay = f"; `layerwatch sync --spool-dir {root}` sends the spooled ones"
+    summary = (
+        f"layerwatch: run {run_id} {status}: {counts.sent} records sent, "
+        f"{counts.spooled} spooled, {counts.dropped} dropped "
+        f"({counts.failed_batches} batches given up)"
+        + ("" if flushed else f" (sending timed out after {timeout:g}s)")
+        + replay
+    )
+    if logger.hasHandlers():
+        logger.log(logging.INFO if clean else logging.WARNING, "%s", summary)
+    else:
+        print(summary, file=sys.stderr)
