@@ -97,6 +97,8 @@ FiniteJson = Annotated[JsonValue, AfterValidator(_finite_json)]
 Kind = Literal["activation", "weight", "grad"]
 StatName = Literal["mean", "std", "min", "max", "abs_mean", "l2", "zero_frac", "nonfinite", "numel"]
 STAT_NAMES: tuple[StatName, ...] = get_args(StatName)
+STAT_INDEX: Final[dict[StatName, int]] = {name: i for i, name in enumerate(STAT_NAMES)}
+"""Position of each statistic in a stacked statistics vector (the order of `STAT_NAMES`)."""
 RunStatus = Literal["running", "finished", "failed", "crashed"]
 
 

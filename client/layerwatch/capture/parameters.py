@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from layerwatch import wire
 from layerwatch.records import Record, SummaryRecord
 from layerwatch.reduce.statistics import Summarizer, Summary, relative_change
 
@@ -36,6 +37,9 @@ the reducer thread; `rows` are counted as dropped if it cannot run, `nbytes` is 
 holds."""
 
 _NAN = math.nan
+
+
+_L2 = wire.STAT_INDEX["l2"]
 
 
 @dataclass
@@ -185,7 +189,7 @@ def _hold_weight(
         since_prev = torch.full_like(since_init, _NAN)
     else:
         since_prev = relative_change(weight, state.prev, state.prev_norm)
-    state.prev, state.prev_norm = weight, summary.stats[5]  # l2
+    state.prev, state.prev_norm = weight, summary.stats[_L2]
     state.pending = (step, weight, summary, torch.stack([since_prev, since_init]))
     return records
 
@@ -199,7 +203,7 @@ def _pending_record(name: str, state: _State, after: torch.Tensor | None) -> Sum
     if after is None:
         ratio = torch.full((1,), _NAN, device=before.device)
     else:
-        ratio = relative_change(after, before, summary.stats[5]).reshape(1)  # l2 of before
+        ratio = relative_change(after, before, summary.stats[_L2]).reshape(1)  # l2 of before
     change = torch.cat([changes.to(torch.float32), ratio.to(torch.float32)])
     return SummaryRecord(step, name, "weight", before.numel(), summary, change)
 

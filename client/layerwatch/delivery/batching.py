@@ -31,6 +31,9 @@ _M = TypeVar("_M", bound=pydantic.BaseModel)
 OnInvalid = Callable[[str, pydantic.ValidationError], None]
 
 
+_MIN, _MAX, _NONFINITE = (wire.STAT_INDEX[s] for s in ("min", "max", "nonfinite"))
+
+
 def build_batch(
     records: list[Record],
     *,
@@ -128,7 +131,8 @@ class _Blocks:
         # Counts come exact from the host (numel) or clamped (float32 nonfinite).
         columns["numel"] = [r.numel for r in rows]
         columns["nonfinite"] = [
-            min(max(round(values[-2]), 0), r.numel) for r, values in zip(rows, stats, strict=True)
+            min(max(round(values[_NONFINITE]), 0), r.numel)
+            for r, values in zip(rows, stats, strict=True)
         ]
         self.add(wire.Stats, name=name, kind=kind, steps=steps, **columns)
         with_counts = [
@@ -138,8 +142,8 @@ class _Blocks:
             self.add(
                 wire.Histograms, name=name, kind=kind, steps=[r.step for r, _ in with_counts],
                 counts=[_pack("I", host[id(r.summary.counts)], int) for r, _ in with_counts],
-                lo=[_finite_or_zero(s[2]) for _, s in with_counts],
-                hi=[_finite_or_zero(s[3]) for _, s in with_counts],
+                lo=[_finite_or_zero(s[_MIN]) for _, s in with_counts],
+                hi=[_finite_or_zero(s[_MAX]) for _, s in with_counts],
                 sample_size=[r.summary.sample_size for r, _ in with_counts],
             )  # fmt: skip
         with_units = [r for r in rows if r.summary.units is not None]

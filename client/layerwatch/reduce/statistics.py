@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from layerwatch.wire import DEFAULT_BINS, DEFAULT_SAMPLE_SIZE, MAX_UNITS, STAT_NAMES
+from layerwatch.wire import DEFAULT_BINS, DEFAULT_SAMPLE_SIZE, MAX_UNITS, STAT_INDEX, STAT_NAMES
 
 __all__ = [
     "DEFAULT_BINS",
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 NUM_STATS = len(STAT_NAMES)
+_MIN, _MAX, _NONFINITE, _NUMEL = (STAT_INDEX[s] for s in ("min", "max", "nonfinite", "numel"))
 _FLOAT32_SAFE = 1e30  # products below this are far from float32's overflow (3.4e38)
 _CHANNEL_MODULES = re.compile(r"Conv|BatchNorm|InstanceNorm|GroupNorm|Pool|Upsample|Dropout\dd")
 
@@ -60,7 +61,7 @@ def activation_stats(tensor: torch.Tensor) -> torch.Tensor:
         n = x.numel()
         if n == 0:
             empty = torch.full((NUM_STATS,), float("nan"), dtype=torch.float32, device=x.device)
-            empty[-2:] = 0.0  # nonfinite, numel
+            empty[[_NONFINITE, _NUMEL]] = 0.0
             return empty
         # One pass writes the finite values with 0 for the rest; comparing it with x
         # gives the finite mask (NaN != 0, inf != 0) without `isfinite`'s temporaries.
@@ -144,7 +145,7 @@ class Summarizer:
                 if fast is not None:
                     counts = _cpu_histogram(sample, fast[1], fast[2], self.bins)
                 else:
-                    counts = _histogram(sample, stats[2], stats[3], self.bins)
+                    counts = _histogram(sample, stats[_MIN], stats[_MAX], self.bins)
             means = _unit_means(x, units) if units is not None and x.numel() else None
             return Summary(stats, counts, sampled, means)
 
