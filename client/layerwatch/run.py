@@ -30,8 +30,8 @@ from layerwatch.capture.clock import StepClock
 from layerwatch.capture.selection import Selection, select_modules, select_parameters
 from layerwatch.capture.watch import Watch
 from layerwatch.delivery.counters import Counters, report
+from layerwatch.delivery.pipeline import Delivery
 from layerwatch.delivery.queue import Buffer
-from layerwatch.delivery.sender import Sender
 from layerwatch.delivery.spool.disk import open_run_spool
 from layerwatch.delivery.spool.files import resolve_spool_root
 from layerwatch.delivery.transport import make_client
@@ -181,7 +181,7 @@ class Run:
                 open_run_spool, self._spool_root, server=self._server, run=self._create,
                 max_bytes=max_spool_bytes,
             )  # fmt: skip
-        self._sender: Sender = Sender(
+        self._delivery = Delivery(
             http=self._http, server=self._server, run=self._create, buffer=self._buffer,
             tensors=self._tensors, flush_secs=flush_secs, batch_size=batch_size,
             backoff=backoff, open_spool=open_spool,
@@ -192,7 +192,7 @@ class Run:
         self._lock = threading.Lock()
         self._closed = False
         self._flushed = False
-        self._sender.start()
+        self._delivery.start()
         self._atexit = functools.partial(_finish_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
 
@@ -215,7 +215,7 @@ class Run:
     @property
     def counters(self) -> Counters:
         """Records sent, spooled (on disk, not yet sent) and dropped, and batches given up."""
-        return self._sender.counters
+        return self._delivery.counters
 
     @property
     def closed(self) -> bool:
@@ -295,7 +295,7 @@ class Run:
         probe_options = resolve_probe(probe)
         prober = None
         if probe_options is not None:
-            prober = Prober(probe_options, self._sender.submit_probe)
+            prober = Prober(probe_options, self._delivery.submit_probe)
         chosen = select_modules(model, include, exclude)
         leaves = [(n, m) for n, m in chosen if next(m.children(), None) is None]
         params = select_parameters(model, chosen)
@@ -408,7 +408,7 @@ class Run:
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         if not self._reducer.drain(max(deadline - time.monotonic(), 0.0)):
             return False
-        return self._sender.flush(max(deadline - time.monotonic(), 0.0))
+        return self._delivery.flush(max(deadline - time.monotonic(), 0.0))
 
     def finish(self, status: wire.RunStatus = "finished", *, timeout: float | None = None) -> bool:
         """Remove the hooks, send what is queued, and mark the run `status` on the server.
@@ -433,12 +433,12 @@ class Run:
         timeout = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         reduced = self._reducer.close(timeout)
-        self._flushed = self._sender.flush(max(deadline - time.monotonic(), 0.0)) and reduced
+        self._flushed = self._delivery.flush(max(deadline - time.monotonic(), 0.0)) and reduced
         # Past the deadline, a short grace for the final status update.
-        self._sender.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
+        self._delivery.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
         if self._owns_http:
             self._http.close()
-        report(self._sender.counters, run_id=self._id, status=status, flushed=self._flushed,
+        report(self._delivery.counters, run_id=self._id, status=status, flushed=self._flushed,
                timeout=timeout, spool_root=self._spool_root)  # fmt: skip
         return self._flushed
 

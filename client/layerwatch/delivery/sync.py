@@ -2,7 +2,7 @@
 
 A run leaves batches behind when its process is killed, or when `finish()`
 could not deliver everything in time. Each run directory is replayed by a
-`Sender` over its `DiskSpool`: the code that sends during training, with its
+`Delivery` over its `DiskSpool`: the code that sends during training, with its
 retries, 413 splits and 404 handling. Batches keep their ids and bytes, so one
 the server already stored is answered as a duplicate and stored once, and
 running sync twice is harmless. Directories locked by a live process are
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from layerwatch.delivery.pipeline import Delivery
 from layerwatch.delivery.queue import Buffer
-from layerwatch.delivery.sender import Sender
 from layerwatch.delivery.spool.disk import DiskSpool
 from layerwatch.delivery.spool.files import default_spool_root, read_spool_info
 from layerwatch.delivery.spool.probe_files import has_probe_files
@@ -91,7 +91,7 @@ def _sync_directory(
     if not len(spool) and not probes and info.status is None:
         spool.close()
         return True, f"{name}: nothing to send"
-    sender = Sender(
+    sender = Delivery(
         http=http, server=(server or info.server).rstrip("/"), run=info.run, buffer=Buffer(1),
         tensors={}, flush_secs=1.0, batch_size=1, backoff=0.5, spool=spool,
         run_exists=len(spool) > 0,  # a status alone needs the run, which may never have been made
