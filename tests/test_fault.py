@@ -95,13 +95,26 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_digits(return_X_y=True)
+    return torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)  # (1797, 64), (1797,)
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, run: layerwatch.Run,
+                step: int, inputs: torch.Tensor, targets: torch.Tensor) -> None:  # fmt: skip
+    batch = slice((30 * step) % 1770, (30 * step) % 1770 + 30)
+    loss = nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
+    optimizer.zero_grad()
+    loss.backward()
+    run.log({"loss": loss.detach()})
+    optimizer.step()
+
+
 @pytest.mark.slow
 def test_server_killed_mid_run_loses_and_duplicates_nothing(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    x, y = load_digits(return_X_y=True)
-    inputs = torch.tensor(x, dtype=torch.float32) / 16  # (1797, 64)
-    targets = torch.tensor(y)
+    inputs, targets = _digits()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -118,20 +131,69 @@ def test_server_killed_mid_run_loses_and_duplicates_nothing(
         if step == RESTART_AT:
             spooled_while_down = run.counters.spooled
             server.start()  # training goes on while it starts
-        batch = slice(30 * step, 30 * step + 30)
-        loss = nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        run.log({"loss": loss.detach()})
-        optimizer.step()
+        _train_step(model, optimizer, run, step, inputs, targets)
         time.sleep(0.01)  # let batches go out between steps, as in real training
     server.wait_ready()
     assert run.finish(timeout=15.0)
-    counters = run.counters
     assert sent_before_kill > 0  # the kill came mid-run, not before anything was sent
     assert spooled_while_down > 0  # and the outage was bridged on disk
+    _assert_stored_exactly_once(server, run, watch, model, STEPS, tmp_path / "spool")
+
+
+@pytest.mark.slow
+def test_server_hung_mid_run_loses_and_duplicates_nothing(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """SIGSTOP: the kernel still accepts connections, nothing answers. Requests hang
+    until their read timeout, and the queue must keep draining into the spool: here
+    the queue holds 150 records while the stall sees about 1,200."""
+    inputs, targets = _digits()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = layerwatch.Run(
+        server.url, project="fault", name="digits-hung", flush_secs=0.02, batch_size=16,
+        backoff=0.05, timeout=1.0, max_queue=150, spool_dir=tmp_path / "spool",
+    )  # fmt: skip
+    watch = run.watch(model, optimizer, every=1)
+    steps, hang_at = 160, 20
+    assert server.process is not None
+    for step in range(hang_at):
+        _train_step(model, optimizer, run, step, inputs, targets)
+        time.sleep(0.01)
+    assert run.flush(10)
+    sent_before = run.counters.sent
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        stalled = time.monotonic()
+        for step in range(hang_at, hang_at + 100):  # about 3 s: three read timeouts
+            _train_step(model, optimizer, run, step, inputs, targets)
+            time.sleep(0.02)
+        stalled = time.monotonic() - stalled
+        assert run.counters.sent == sent_before  # nothing got through: it really hung
+        assert run.counters.dropped == 0  # and nothing was lost waiting for it
+        assert run.counters.spooled > 150  # more than the queue holds went to disk
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    for step in range(hang_at + 100, steps):
+        _train_step(model, optimizer, run, step, inputs, targets)
+    assert run.flush(30)
+    drained = time.monotonic() - resumed
+    assert stalled > 2.0
+    assert drained < 10.0  # the backlog goes out within seconds of the server's return
+    assert run.finish(timeout=15.0)
+    _assert_stored_exactly_once(server, run, watch, model, steps, tmp_path / "spool")
+
+
+def _assert_stored_exactly_once(
+    server: ServerProcess, run: layerwatch.Run, watch: layerwatch.Watch, model: nn.Module,
+    steps: int, spool: Path,
+) -> None:  # fmt: skip
+    """Every record of `steps` steps is in the database once, and nothing is left."""
+    counters = run.counters
     assert (counters.dropped, counters.failed_batches, counters.spooled) == (0, 0, 0)
-    assert not (tmp_path / "spool" / run.id).exists()
+    assert not (spool / run.id).exists()
     server.stop()
 
     with sqlite3.connect(server.data_dir / "layerwatch.db") as db:
@@ -158,10 +220,10 @@ def test_server_killed_mid_run_loses_and_duplicates_nothing(
         "weight_changes": [(p, "weight") for p in watch.parameters],
     }
     for table, keys in expected.items():
-        want = {(name, kind, step) for name, kind in keys for step in range(STEPS)}
+        want = {(name, kind, step) for name, kind in keys for step in range(steps)}
         assert len(rows[table]) == len(set(rows[table])), table  # 0 duplicated
         assert set(rows[table]) == want, table  # 0 lost
-    assert sorted(scalars) == [("loss", step) for step in range(STEPS)]
+    assert sorted(scalars) == [("loss", step) for step in range(steps)]
     assert models == len(list(model.modules()))  # the tree, once
     stored = sum(len(r) for r in rows.values()) + len(scalars) + 1  # one model tree
     assert stored == counters.sent  # every record sent is stored, once

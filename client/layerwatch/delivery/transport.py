@@ -43,6 +43,10 @@ well)."""
 
 RETRY_STATUS_CODES = frozenset({429, 502, 503, 504})
 
+CONNECT_TIMEOUT = 3.0
+"""Seconds to connect: short, and apart from the read timeout, so a server that is
+down is told from one that is slow at once."""
+
 QueryParams = list[tuple[str, str | int | float | bool | None]]
 
 
@@ -53,12 +57,14 @@ def make_client(
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """An `httpx.Client` sending `User-Agent: layerwatch/<version>` and, when
-    `$LAYERWATCH_TOKEN` is set, `Authorization: Bearer <token>`."""
+    `$LAYERWATCH_TOKEN` is set, `Authorization: Bearer <token>`; `timeout` seconds
+    to read, write or wait for a connection, at most `CONNECT_TIMEOUT` to connect."""
     headers = {"User-Agent": f"layerwatch/{__version__}"}
     token = os.environ.get(TOKEN_ENV)
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(base_url=base_url, timeout=timeout, headers=headers, transport=transport)
+    limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+    return httpx.Client(base_url=base_url, timeout=limits, headers=headers, transport=transport)
 
 
 def send(

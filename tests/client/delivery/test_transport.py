@@ -115,6 +115,13 @@ def test_no_token_no_authorization(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "Authorization" not in http.headers
 
 
+def test_connect_timeout_is_short_and_apart_from_the_read_timeout() -> None:
+    with make_client(timeout=10) as http:
+        assert (http.timeout.connect, http.timeout.read) == (3.0, 10.0)
+    with make_client(timeout=1) as http:
+        assert (http.timeout.connect, http.timeout.read) == (1.0, 1.0)
+
+
 def test_connection_failures_are_retryable_and_closed_clients_are_not() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
