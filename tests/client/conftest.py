@@ -37,6 +37,7 @@ class FakeServer:
         self.statuses: dict[str, str] = {}
         self.batches: dict[str, wire.Batch] = {}  # stored, by batch_id
         self.probes: list[wire.Probe] = []
+        self.heartbeats: list[float] = []  # when each arrived
         self.requests: list[httpx.Request] = []
         self.failures: dict[str, list[Reply]] = {"runs": [], "batches": [], "patch": []}
         self.down = False  # every request fails to connect
@@ -64,6 +65,8 @@ class FakeServer:
             if self.down:
                 raise httpx.ConnectError("connection refused", request=request)
             parts = request.url.path.strip("/").split("/")  # api v1 runs [id [batches]]
+            if parts == ["readyz"]:
+                return httpx.Response(200, json={"status": "ready"})
             endpoint = "runs" if len(parts) == 3 else "batches" if len(parts) == 5 else "patch"
             if self.failures[endpoint]:
                 reply = self.failures[endpoint].pop(0)
@@ -89,6 +92,9 @@ class FakeServer:
                 return httpx.Response(
                     413, json={"detail": "too large", "code": "payload_too_large"}
                 )
+            if parts[4] == "heartbeat":
+                self.heartbeats.append(time.monotonic())
+                return httpx.Response(204)
             if parts[4] == "probes":
                 probe = wire.Probe.model_validate_json(body)
                 self.probes.append(probe)

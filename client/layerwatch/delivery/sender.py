@@ -136,7 +136,8 @@ class Sender:
                 outbox.give_up_all()
             elif self._run_state == "created" and not self._send_one():
                 self._heartbeat(now)
-                outbox.work.wait(_IDLE_WAIT)
+                beat = self._last_contact + self._heartbeat_secs - time.monotonic()
+                outbox.work.wait(min(max(beat, 0.0), _IDLE_WAIT))
         except RetryableError as exc:
             self._back_off(exc)
 

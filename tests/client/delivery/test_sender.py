@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 import threading
@@ -16,6 +17,8 @@ from torch import nn
 
 import layerwatch
 from layerwatch import wire
+from layerwatch.delivery.pipeline import Delivery
+from layerwatch.delivery.queue import Buffer
 from layerwatch.delivery.spool.base import Outgoing
 from layerwatch.delivery.spool.disk import DiskSpool
 from layerwatch.errors import SpoolLockedError
@@ -350,3 +353,81 @@ def test_an_unusable_spool_dir_keeps_batches_in_memory(
         assert run.flush(5)
     assert server.scalars() == {"a": {0: 1.0}}
     assert any("cannot use the on-disk spool" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreachable_server_is_asked_readyz_not_sent_the_batch_again(
+    server: FakeServer, make_run: MakeRun
+) -> None:
+    run = make_run(backoff=0.01)
+    assert run.flush(5)
+    server.down = True
+    run.log({"loss": 1.0})
+    time.sleep(2.5)  # a few polls, each about a second apart
+    down = [r.url.path for r in server.requests]
+    assert down.count("/readyz") >= 2
+    assert down.count(f"/api/v1/runs/{run.id}/batches") == 1  # the batch was tried once
+    server.down = False
+    back = time.monotonic()
+    assert run.flush(5)
+    assert time.monotonic() - back < 2.0  # drained within about a poll of the return
+    assert server.scalars() == {"loss": {0: 1.0}}
+
+
+def test_records_reach_the_spool_while_a_request_hangs(
+    server: FakeServer, make_run: MakeRun, tmp_path: Path
+) -> None:
+    run = make_run(max_queue=20, batch_size=5, spool_dir=tmp_path)
+    assert run.flush(5)
+    server.gate = threading.Event()  # every request waits here
+    server.entered.clear()
+    run.log({"loss": 0.0})
+    assert server.entered.wait(5)  # a request is in flight, and hangs
+    for step in range(1, 200):  # ten times what the queue holds
+        run.log({"loss": float(step)}, step=step)
+        time.sleep(0.001)
+    deadline = time.monotonic() + 5
+    while run.counters.spooled < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run.counters.dropped == 0
+    assert run.counters.spooled == 200  # on disk, though nothing was answered
+    server.gate.set()
+    assert run.flush(5)
+    assert server.scalars() == {"loss": {step: float(step) for step in range(200)}}
+    assert run.counters.spooled == 0
+
+
+def test_an_idle_run_sends_heartbeats(server: FakeServer) -> None:
+    run = wire.RunCreate(id="beating", project="p")
+    buffer = Buffer(10)
+    delivery = Delivery(
+        http=server.client(), server="http://layerwatch.test", run=run, buffer=buffer,
+        tensors={}, flush_secs=0.01, batch_size=10, backoff=0.01, heartbeat_secs=0.2,
+    )  # fmt: skip
+    delivery.start()
+    try:
+        time.sleep(1.3)
+    finally:
+        delivery.stop("finished", 5)
+    assert list(server.runs) == ["beating"]
+    assert 3 <= len(server.heartbeats) <= 7
+    gaps = [b - a for a, b in itertools.pairwise(server.heartbeats)]
+    assert min(gaps) >= 0.15
+
+
+def test_a_heartbeat_for_a_lost_run_creates_it_again(server: FakeServer) -> None:
+    run = wire.RunCreate(id="lost", project="p")
+    delivery = Delivery(
+        http=server.client(), server="http://layerwatch.test", run=run, buffer=Buffer(10),
+        tensors={}, flush_secs=0.01, batch_size=10, backoff=0.01, heartbeat_secs=0.1,
+    )  # fmt: skip
+    delivery.start()
+    try:
+        deadline = time.monotonic() + 5
+        while "lost" not in server.runs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.runs.clear()  # e.g. the server's database was reset
+        time.sleep(0.5)
+    finally:
+        delivery.stop("finished", 5)
+    assert list(server.runs) == ["lost"]
+    assert server.statuses == {"lost": "finished"}
