@@ -18,8 +18,10 @@ Decoding the packed arrays these payloads carry lives beside it, in `codec.py`.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Final, Literal, get_args
 
@@ -49,21 +51,51 @@ MAX_ATTRIBUTION_SAMPLES = 64
 MAX_ATTRIBUTION_VALUES = 4 * 1024 * 1024
 """Most float32 values of a probe's attributions (samples x input size)."""
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_CONFIG_BYTES = 64 * 1024
+"""Most bytes of a run's `config` as compact JSON: hyperparameters, not data."""
+
+# The one rule for user text. Names, projects, tags and config keys: no control
+# (Cc), format (Cf: bidirectional and zero-width marks, which make two names look
+# alike), surrogate (Cs) or line/paragraph separator (Zl, Zp) characters. Config
+# text values may also hold tabs and newlines, and format characters (scripts and
+# emoji sequences need them).
+_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_TEXT_CATEGORIES = frozenset({"Cc", "Cs"})
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ASCII_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _no_control_chars(value: str) -> str:
-    if _CONTROL_CHARS.search(value):
-        raise ValueError("must not contain control characters")
+def _check_text(value: str, *, name: bool) -> str:
+    ascii_control = _ASCII_CONTROL if name else _ASCII_TEXT_CONTROL
+    if (found := ascii_control.search(value)) is not None:
+        raise ValueError(f"must not contain the control character U+{ord(found[0]):04X}")
+    if value.isascii():
+        return value
+    forbidden = _NAME_CATEGORIES if name else _TEXT_CATEGORIES
+    for char in value:
+        if unicodedata.category(char) in forbidden and (name or char not in "\t\n\r"):
+            raise ValueError(
+                f"must not contain U+{ord(char):04X} ({unicodedata.category(char)}: control, "
+                "format such as bidirectional or zero-width, or separator characters)"
+            )
     return value
+
+
+def _printable_name(value: str) -> str:
+    return _check_text(value, name=True)
 
 
 Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
-    AfterValidator(_no_control_chars),
+    AfterValidator(_printable_name),
 ]
-"""A project, run, tensor or scalar name: 1-250 printable characters."""
+"""A project, run, tensor or scalar name or a tag: 1-250 printable characters."""
+
+ConfigKey = Annotated[
+    str, StringConstraints(max_length=MAX_NAME_LENGTH), AfterValidator(_printable_name)
+]
+"""A key of a run's config, at any depth: up to 250 printable characters."""
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 """A client-made id (run id, batch id): safe in a URL path and a file name."""
@@ -82,18 +114,24 @@ def _finite_json(value: JsonValue) -> JsonValue:
             _finite_json(item)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _finite_json(key)
+            if len(key) > MAX_NAME_LENGTH:
+                raise ValueError(f"keys must be at most {MAX_NAME_LENGTH} characters")
+            _check_text(key, name=True)
             _finite_json(item)
-    elif isinstance(value, str) and not value.isascii():
-        # JSON's \ud800 escapes parse into lone surrogates, which no response can encode.
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("must not contain lone surrogates (invalid Unicode)") from None
+    elif isinstance(value, str):
+        _check_text(value, name=False)  # lone surrogates too: no response could encode them
     return value
 
 
+def _config_size(config: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    size = len(json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"must be at most {MAX_CONFIG_BYTES} bytes as JSON, not {size}")
+    return config
+
+
 FiniteJson = Annotated[JsonValue, AfterValidator(_finite_json)]
+Config = Annotated[dict[ConfigKey, FiniteJson], AfterValidator(_config_size)]
 Kind = Literal["activation", "weight", "grad"]
 StatName = Literal["mean", "std", "min", "max", "abs_mean", "l2", "zero_frac", "nonfinite", "numel"]
 STAT_NAMES: tuple[StatName, ...] = get_args(StatName)
@@ -116,8 +154,9 @@ class RunCreate(_Model):
     )
     project: Name = Field("default", description="Project the run belongs to.")
     name: Name | None = Field(None, description="Display name; defaults to one made from the id.")
-    config: dict[Annotated[str, StringConstraints(max_length=MAX_NAME_LENGTH)], FiniteJson] = Field(
-        default_factory=dict, description="Hyperparameters and other settings, any JSON."
+    config: Config = Field(
+        default_factory=dict,
+        description=f"Hyperparameters and other settings, any JSON up to {MAX_CONFIG_BYTES} bytes.",
     )
     tags: list[Name] = Field(default_factory=list, max_length=64)
     host: Name | None = Field(None, description="Host the run trains on.")
@@ -312,7 +351,7 @@ class WeightChanges(_Model):
 
 
 ModulePath = Annotated[
-    str, StringConstraints(max_length=MAX_NAME_LENGTH), AfterValidator(_no_control_chars)
+    str, StringConstraints(max_length=MAX_NAME_LENGTH), AfterValidator(_printable_name)
 ]
 
 
