@@ -30,7 +30,7 @@ def test_names_tags_and_config_keys_share_one_rule(field: str, bad: str) -> None
         payload["config"] = {text: 1}
     else:
         payload["config"] = {"optimizer": {text: 1}}
-    with pytest.raises(pydantic.ValidationError, match="must not contain|unicode string"):
+    with pytest.raises(pydantic.ValidationError, match=r"must not contain|unicode string"):
         wire.RunCreate.model_validate(payload)
 
 
@@ -49,7 +49,7 @@ def test_config_values_may_hold_lines_and_scripts_but_no_controls() -> None:
     text = "line one\nline\ttwo\r\n👩\u200d💻 \u0627\u0644\u200f"
     assert wire.RunCreate(config={"notes": text}).config == {"notes": text}
     for bad in ["\x00", "\x1b", "\x7f", "\ud800"]:
-        with pytest.raises(pydantic.ValidationError, match="must not contain|unicode string"):
+        with pytest.raises(pydantic.ValidationError, match=r"must not contain|unicode string"):
             wire.RunCreate(config={"notes": f"a{bad}b"})
 
 
