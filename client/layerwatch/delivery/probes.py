@@ -44,13 +44,15 @@ class PendingProbe:
 
 
 class ProbeQueue:
-    """Probes in submission order; `submit` is thread-safe, the rest is the sender's."""
+    """Probes in submission order: the training thread submits, the spooler persists, the
+    sender sends and settles."""
 
     def __init__(self, max_bytes: int = MAX_PROBE_QUEUE_BYTES) -> None:
         self._max_bytes = max_bytes
         self._items: collections.deque[PendingProbe] = collections.deque()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._persisting = threading.Lock()
         self._files: ProbeFiles | None = None
         self.dropped = 0  # rows given up
         self._left_on_disk = 0  # rows whose files stayed when the queue closed
@@ -94,12 +96,13 @@ class ProbeQueue:
         """Write every queued probe that has no file yet (when on disk)."""
         if self._files is None:
             return
-        with self._lock:
-            unwritten = [p for p in self._items if p.path is None]
-        for pending in unwritten:
-            pending.path = self._files.save(pending.json())
-            if pending.path is None:  # the disk refused: memory only from here
-                return
+        with self._persisting:  # the spooler persists, and the sender after a split
+            with self._lock:
+                unwritten = [p for p in self._items if p.path is None]
+            for pending in unwritten:
+                pending.path = self._files.save(pending.json())
+                if pending.path is None:  # the disk refused: memory only from here
+                    return
 
     def head(self) -> PendingProbe | None:
         with self._lock:
