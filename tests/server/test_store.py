@@ -24,7 +24,13 @@ from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.errors import Conflict, NotFound, RunNotFound, TensorNotFound
+from layerwatch_server.errors import (
+    Conflict,
+    NotFound,
+    RunNotFound,
+    ScalarNotFound,
+    TensorNotFound,
+)
 
 INF = math.inf
 NAN = math.nan
@@ -424,7 +430,7 @@ def test_unknown_runs(session: Session) -> None:
         store.get_series(session, run_id, tensor="fc1", kind="activation", stat="mean")
     with pytest.raises(TensorNotFound):
         store.get_histograms(session, run_id, tensor="fc1", kind="activation")
-    with pytest.raises(TensorNotFound):
+    with pytest.raises(ScalarNotFound):
         store.get_scalar_series(session, run_id, name="loss")
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from layerwatch import wire
 from layerwatch_server.db import managed_session
-from layerwatch_server.errors import InvalidQuery, RunNotFound, TensorNotFound
+from layerwatch_server.errors import InvalidQuery, RunNotFound, ScalarNotFound, TensorNotFound
 from layerwatch_server.models import (
     SqlHistogram,
     SqlRun,
@@ -109,7 +109,7 @@ def plan_export(
     if names:
         missing = set(names) - set(scalars)
         if missing:
-            raise TensorNotFound(f"run `{run_id}` has no scalar `{sorted(missing)[0]}`")
+            raise ScalarNotFound(f"run `{run_id}` has no scalar `{sorted(missing)[0]}`")
         scalars = [name for name in scalars if name in names]
     return ExportPlan(run_id, tuple(chosen), tuple(scalars), start, end, rank)
 

@@ -8,7 +8,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from layerwatch_server.errors import NotFound, RunNotFound
+from layerwatch_server.errors import ProbeNotFound, RunNotFound
 from layerwatch_server.models import SqlProbe, SqlProbeAttributions, SqlProbeLayer, SqlRun
 
 
@@ -68,7 +68,7 @@ def load_probe(
         raise RunNotFound(f"run `{run_id}` does not exist")
     probe = session.get(SqlProbe, (run_id, step, rank))
     if probe is None:
-        raise NotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
+        raise ProbeNotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
     query = select(SqlProbeLayer).where(
         SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
     )
@@ -77,7 +77,7 @@ def load_probe(
     rows = {row.name: row for row in session.scalars(query.order_by(SqlProbeLayer.position))}
     missing = [name for name in layers or () if name not in rows]
     if missing:
-        raise NotFound(f"the probe at step {step} has no layer `{missing[0]}`")
+        raise ProbeNotFound(f"the probe at step {step} has no layer `{missing[0]}`")
     result = ProbeArrays(
         step=step,
         samples=probe.samples,

@@ -16,7 +16,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import Conflict, NotFound, RunNotFound
+from layerwatch_server.errors import Conflict, ProbeNotFound, RunNotFound
 from layerwatch_server.models import (
     SqlProbe,
     SqlProbeAttributions,
@@ -208,7 +208,7 @@ def get_probe(
     _require_run(session, run_id)
     probe = session.get(SqlProbe, (run_id, step, rank))
     if probe is None:
-        raise NotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
+        raise ProbeNotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
     query = select(SqlProbeLayer).where(
         SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
     )
@@ -218,7 +218,7 @@ def get_probe(
     if layers:
         missing = sorted(set(layers) - {layer.name for layer in stored})
         if missing:
-            raise NotFound(f"probe at step {step} has no layer `{missing[0]}`")
+            raise ProbeNotFound(f"probe at step {step} has no layer `{missing[0]}`")
     explained = session.get(SqlProbeAttributions, (run_id, step, rank))
     return wire.Probe.model_construct(
         step=probe.step,

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import Conflict, NotFound, RunNotFound
+from layerwatch_server.errors import Conflict, ProjectNotFound, RunNotFound
 from layerwatch_server.models import (
     SqlBatch,
     SqlProbe,
@@ -153,7 +153,7 @@ def list_runs(
     query = select(SqlRun, SqlProject.name).join(SqlProject, SqlProject.id == SqlRun.project_id)
     if project is not None:
         if session.scalar(select(SqlProject.id).where(SqlProject.name == project)) is None:
-            raise NotFound(f"project `{project}` does not exist")
+            raise ProjectNotFound(f"project `{project}` does not exist")
         query = query.where(SqlProject.name == project)
     if status is not None:
         query = query.where(SqlRun.status == status)

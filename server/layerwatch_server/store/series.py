@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server.downsample import envelope_indices
-from layerwatch_server.errors import RunNotFound, TensorNotFound
+from layerwatch_server.errors import RunNotFound, ScalarNotFound, TensorNotFound
 from layerwatch_server.models import SqlHistogram, SqlRun, SqlScalar, SqlStat, SqlTensor
 from layerwatch_server.schemas import (
     HistogramPublic,
@@ -173,7 +173,7 @@ def get_scalar_series(
         if session.get(SqlRun, run_id) is None:
             raise RunNotFound(f"run `{run_id}` does not exist")
         if name not in list_scalar_names(session, run_id).data:
-            raise TensorNotFound(f"run `{run_id}` has no scalar `{name}`")
+            raise ScalarNotFound(f"run `{run_id}` has no scalar `{name}`")
     rows, total, downsampled, next_after = _shape_series(rows, limit=limit, max_points=max_points)
     return ScalarSeriesPublic(
         name=name,
