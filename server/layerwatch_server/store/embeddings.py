@@ -18,9 +18,8 @@ from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from layerwatch_server.db import WRITE_OPTION
+from layerwatch_server.db import WRITE_OPTION, insert_ignoring_duplicates
 from layerwatch_server.models import SqlEmbedding, utcnow
-from layerwatch_server.store.ingest import insert_ignoring_duplicates
 
 logger = logging.getLogger(__name__)
 

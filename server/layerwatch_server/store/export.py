@@ -26,18 +26,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from layerwatch import wire
 from layerwatch_server.db import managed_session
-from layerwatch_server.errors import InvalidQuery, RunNotFound, ScalarNotFound, TensorNotFound
 from layerwatch_server.models import (
     SqlHistogram,
-    SqlRun,
     SqlScalar,
     SqlStat,
     SqlTensor,
     SqlUnitMean,
     SqlWeightChange,
 )
-
-# The one decoder of stored histograms, shared with the JSON endpoint.
+from layerwatch_server.store.paging import check_step_range
+from layerwatch_server.store.runs import no_such_tensor, require_run
+from layerwatch_server.store.scalars import require_scalars
 from layerwatch_server.store.series import unpack_histogram
 
 Table = Literal["stats", "scalars", "histograms", "unit_means", "weight_changes"]
@@ -86,10 +85,8 @@ def plan_export(
     rank: int | None = None,
 ) -> ExportPlan:
     """Check the filters against the run: every named tensor (of `kind`) and scalar must exist."""
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
-    if start is not None and end is not None and start > end:
-        raise InvalidQuery(f"`start` ({start}) is after `end` ({end})")
+    require_run(session, run_id)
+    check_step_range(start, end)
     query = select(SqlTensor.id, SqlTensor.name, SqlTensor.kind).where(SqlTensor.run_id == run_id)
     if kind is not None:
         query = query.where(SqlTensor.kind == kind)
@@ -97,19 +94,10 @@ def plan_export(
     if tensors:
         missing = set(tensors) - {tensor.name for tensor in chosen}
         if missing:
-            of_kind = f"{kind} " if kind else ""
-            raise TensorNotFound(f"run `{run_id}` has no {of_kind}tensor `{sorted(missing)[0]}`")
+            raise no_such_tensor(run_id, sorted(missing)[0], kind)
         chosen = [tensor for tensor in chosen if tensor.name in tensors]
-    scalars = list(
-        session.scalars(
-            select(SqlScalar.name).where(SqlScalar.run_id == run_id).distinct()
-            .order_by(SqlScalar.name)
-        )
-    )  # fmt: skip
+    scalars = require_scalars(session, run_id, names)
     if names:
-        missing = set(names) - set(scalars)
-        if missing:
-            raise ScalarNotFound(f"run `{run_id}` has no scalar `{sorted(missing)[0]}`")
         scalars = [name for name in scalars if name in names]
     return ExportPlan(run_id, tuple(chosen), tuple(scalars), start, end, rank)
 

@@ -19,17 +19,16 @@ from itertools import repeat
 from typing import Any
 
 from sqlalchemy import Table, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import Conflict, RunNotFound
+from layerwatch_server.db import insert_ignoring_duplicates
+from layerwatch_server.errors import Conflict
 from layerwatch_server.models import (
     SqlBatch,
     SqlHistogram,
     SqlModule,
-    SqlRun,
     SqlScalar,
     SqlStat,
     SqlTensor,
@@ -37,6 +36,7 @@ from layerwatch_server.models import (
     SqlWeightChange,
     utcnow,
 )
+from layerwatch_server.store.runs import require_run
 
 Row = dict[str, Any]
 Record = tuple[Any, ...]  # one measurement row, in the order of its _*_COLUMNS below
@@ -67,8 +67,7 @@ def ingest_batch(
     ``digest`` identifies the batch's content: the same ``batch_id`` with a
     different digest is refused rather than silently treated as a replay.
     """
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    require_run(session, run_id)
     counts = {name: sum(len(block.steps) for block in getattr(batch, name))
               for name in _RECEIPT_COUNTS}  # fmt: skip
     receipt = wire.BatchReceipt(
@@ -135,12 +134,6 @@ def _replayed(previous: SqlBatch, batch: wire.Batch, digest: str) -> wire.BatchR
         models=previous.models,
         **{name: getattr(previous, name) for name in _RECEIPT_COUNTS},
     )
-
-
-def insert_ignoring_duplicates(session: Session, table: Table) -> Any:
-    """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING)."""
-    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()
 
 
 def _claim_batch(session: Session, row: Row) -> bool:

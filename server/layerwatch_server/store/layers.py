@@ -7,8 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import RunNotFound
-from layerwatch_server.models import SqlModule, SqlRun, SqlUnitMean, SqlWeightChange
+from layerwatch_server.models import SqlModule, SqlUnitMean, SqlWeightChange
 from layerwatch_server.schemas import (
     ModelTreePublic,
     ModelTreesPublic,
@@ -16,7 +15,9 @@ from layerwatch_server.schemas import (
     UnitMeansPublic,
     WeightChangesPublic,
 )
-from layerwatch_server.store.series import as_floats, cut_page, find_tensor_id, page_by_step
+from layerwatch_server.store.paging import cut_page, page_by_step
+from layerwatch_server.store.runs import require_run, require_tensor_id
+from layerwatch_server.store.series import as_floats
 
 
 def get_unit_means(
@@ -32,7 +33,7 @@ def get_unit_means(
     limit: int = 1000,
 ) -> UnitMeansPublic:
     """Per-unit means of one tensor over a page of steps, one row of units per step."""
-    tensor_id = find_tensor_id(session, run_id, tensor, kind)
+    tensor_id = require_tensor_id(session, run_id, tensor, kind)
     query = select(SqlUnitMean.step, SqlUnitMean.means).where(
         SqlUnitMean.tensor_id == tensor_id, SqlUnitMean.rank == rank
     )
@@ -64,7 +65,7 @@ def get_weight_changes(
     limit: int = 10_000,
 ) -> WeightChangesPublic:
     """Relative change since the previous capture and since the start, and update ratios."""
-    tensor_id = find_tensor_id(session, run_id, tensor, "weight")
+    tensor_id = require_tensor_id(session, run_id, tensor, "weight")
     change = SqlWeightChange
     query = select(change.step, change.since_prev, change.since_init, change.update_ratio).where(
         change.tensor_id == tensor_id, change.rank == rank
@@ -87,8 +88,7 @@ def get_weight_changes(
 
 def get_model_trees(session: Session, run_id: str, *, rank: int | None = None) -> ModelTreesPublic:
     """The module trees of the models a run watched, per rank, in `named_modules()` order."""
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    require_run(session, run_id)
     query = select(SqlModule).where(SqlModule.run_id == run_id)
     if rank is not None:
         query = query.where(SqlModule.rank == rank)

@@ -17,7 +17,6 @@ import numpy.typing as npt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from layerwatch_server.errors import InvalidQuery
 from layerwatch_server.models import (
     SqlHistogram,
     SqlStat,
@@ -25,7 +24,8 @@ from layerwatch_server.models import (
     SqlUnitMean,
     SqlWeightChange,
 )
-from layerwatch_server.store.runs import get_run
+from layerwatch_server.store.paging import check_step_range
+from layerwatch_server.store.runs import require_run
 
 Floats = npt.NDArray[np.float64]
 MeasurementTable = type[SqlStat] | type[SqlHistogram] | type[SqlUnitMean] | type[SqlWeightChange]
@@ -41,12 +41,6 @@ class StepHistogram:
     edges: Floats  # (bins + 1,)
     counts: npt.NDArray[np.int64]  # (bins,)
     sample_size: int | None
-
-
-def check_step_range(start: int | None, end: int | None) -> None:
-    """Refuse a step range that is empty by construction."""
-    if start is not None and end is not None and start > end:
-        raise InvalidQuery(f"`start` ({start}) is after `end` ({end})")
 
 
 def thin_evenly(steps: Sequence[int], max_steps: int) -> list[int]:
@@ -65,7 +59,7 @@ def list_tensor_ids(
 
     With ``table``, only the tensors that have at least one row there.
     """
-    get_run(session, run_id)  # 404 for a run that does not exist
+    require_run(session, run_id)
     query = select(SqlTensor.name, SqlTensor.id).where(
         SqlTensor.run_id == run_id, SqlTensor.kind == kind
     )

@@ -9,6 +9,7 @@ changes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import cast
 
 import numpy as np
@@ -16,24 +17,23 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import Conflict, ProbeNotFound, RunNotFound
+from layerwatch_server.db import insert_ignoring_duplicates
+from layerwatch_server.errors import Conflict, ProbeNotFound
 from layerwatch_server.models import (
     SqlProbe,
     SqlProbeAttributions,
     SqlProbeLayer,
-    SqlRun,
     utcnow,
 )
 from layerwatch_server.schemas import ProbeLayerSummary, ProbesPublic, ProbeSummary
-from layerwatch_server.store.ingest import insert_ignoring_duplicates
+from layerwatch_server.store.runs import require_run
 
 _PROBES: Table = SqlProbe.__table__  # type: ignore[assignment]
 
 
 def ingest_probe(session: Session, run_id: str, probe: wire.Probe) -> wire.ProbeReceipt:
     """Store ``probe`` (or one part of it) for run ``run_id`` in the session's transaction."""
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    require_run(session, run_id)
     where = f"probe at step {probe.step} (rank {probe.rank})"
     key = (run_id, probe.step, probe.rank)
     # Create the probe row unless it exists, then lock it: parts of one probe
@@ -137,14 +137,39 @@ def _next_position(session: Session, key: tuple[str, int, int]) -> int:
     return max(positions, default=-1) + 1
 
 
-def _require_run(session: Session, run_id: str) -> None:
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+def require_probe(
+    session: Session,
+    run_id: str,
+    step: int,
+    *,
+    rank: int = 0,
+    layers: Collection[str] | None = None,
+) -> tuple[SqlProbe, list[SqlProbeLayer]]:
+    """The probe at ``step`` and those of its layers in ``layers`` (all when None), in order.
+
+    Raises `RunNotFound` or `ProbeNotFound` naming what is missing: the run, the
+    probe, or the first of ``layers`` that the probe does not have.
+    """
+    require_run(session, run_id)
+    probe = session.get(SqlProbe, (run_id, step, rank))
+    if probe is None:
+        raise ProbeNotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
+    query = select(SqlProbeLayer).where(
+        SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
+    )
+    if layers is not None:
+        query = query.where(SqlProbeLayer.name.in_(layers))
+    stored = list(session.scalars(query.order_by(SqlProbeLayer.position)))
+    found = {layer.name for layer in stored}
+    missing = [name for name in layers or () if name not in found]
+    if missing:
+        raise ProbeNotFound(f"the probe at step {step} has no layer `{missing[0]}`")
+    return probe, stored
 
 
 def list_probes(session: Session, run_id: str, *, rank: int = 0) -> ProbesPublic:
     """The probes of a run, by step, with their layers' shapes (no values)."""
-    _require_run(session, run_id)
+    require_run(session, run_id)
     probes = session.scalars(
         select(SqlProbe)
         .where(SqlProbe.run_id == run_id, SqlProbe.rank == rank)
@@ -205,20 +230,7 @@ def get_probe(
     layers: list[str] | None = None,
 ) -> wire.Probe:
     """A stored probe with its values, in the wire format it came in; ``layers`` picks some."""
-    _require_run(session, run_id)
-    probe = session.get(SqlProbe, (run_id, step, rank))
-    if probe is None:
-        raise ProbeNotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
-    query = select(SqlProbeLayer).where(
-        SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
-    )
-    if layers:
-        query = query.where(SqlProbeLayer.name.in_(layers))
-    stored = session.scalars(query.order_by(SqlProbeLayer.position)).all()
-    if layers:
-        missing = sorted(set(layers) - {layer.name for layer in stored})
-        if missing:
-            raise ProbeNotFound(f"probe at step {step} has no layer `{missing[0]}`")
+    probe, stored = require_probe(session, run_id, step, rank=rank, layers=layers or None)
     explained = session.get(SqlProbeAttributions, (run_id, step, rank))
     return wire.Probe.model_construct(
         step=probe.step,
