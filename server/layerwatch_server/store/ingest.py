@@ -13,7 +13,6 @@ with a Conflict, so stored history is never overwritten.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from typing import Any
@@ -36,6 +35,7 @@ from layerwatch_server.models import (
     SqlWeightChange,
     utcnow,
 )
+from layerwatch_server.store import codec
 from layerwatch_server.store.runs import require_run
 
 Row = dict[str, Any]
@@ -204,33 +204,19 @@ def _stat_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> lis
     return rows
 
 
-def _pack_counts(counts: Sequence[int] | bytes) -> bytes:
-    """Counts as little-endian uint32 when they fit, else uint64; packed counts as they are."""
-    if isinstance(counts, bytes):
-        return counts
-    try:
-        return struct.pack(f"<{len(counts)}I", *counts)
-    except struct.error:  # a count of 2**32 or more
-        return struct.pack(f"<{len(counts)}Q", *counts)
-
-
-def _pack_edges(edges: Sequence[float]) -> bytes:
-    return struct.pack(f"<{len(edges)}d", *edges)
-
-
 def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Record]:
     rows: list[Record] = []
     for block in batch.histograms:
         n = len(block.steps)
         tensor_id = tensor_ids[(block.name, block.kind)]
         bins = map(wire.bin_count, block.counts)
-        counts = map(_pack_counts, block.counts)
+        counts = map(codec.pack_counts, block.counts)
         edges: Iterable[bytes | None] = repeat(None, n)
         lo: Iterable[float | None] = block.lo or repeat(None, n)
         hi: Iterable[float | None] = block.hi or repeat(None, n)
         sampled: Iterable[int | None] = block.sample_size or repeat(None, n)
         if block.edges is not None:
-            edges = map(_pack_edges, block.edges)
+            edges = map(codec.pack_edges, block.edges)
         rows.extend(
             zip(
                 repeat(tensor_id, n), block.steps, repeat(batch.rank, n), bins, lo, hi, edges,

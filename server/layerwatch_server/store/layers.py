@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,9 +14,9 @@ from layerwatch_server.schemas import (
     UnitMeansPublic,
     WeightChangesPublic,
 )
+from layerwatch_server.store import codec
 from layerwatch_server.store.paging import cut_page, page_by_step
 from layerwatch_server.store.runs import require_run, require_tensor_id
-from layerwatch_server.store.series import as_floats
 
 
 def get_unit_means(
@@ -40,14 +39,14 @@ def get_unit_means(
     query = page_by_step(
         query, SqlUnitMean.step, start=start, end=end, after_step=after_step, limit=limit
     )
-    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row[0])
-    values = [np.frombuffer(means, dtype="<f4").astype(np.float64).tolist() for _, means in rows]
+    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row.step)
+    values = [codec.unpack_unit_means(row.means).tolist() for row in rows]
     return UnitMeansPublic(
         tensor=tensor,
         kind=kind,
         rank=rank,
         units=len(values[0]) if values else 0,
-        steps=[step for step, _ in rows],
+        steps=[row.step for row in rows],
         values=values,
         next_after_step=next_after,
     )
@@ -73,15 +72,14 @@ def get_weight_changes(
     query = page_by_step(
         query, change.step, start=start, end=end, after_step=after_step, limit=limit
     )
-    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row[0])
-    columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
+    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row.step)
     return WeightChangesPublic(
         tensor=tensor,
         rank=rank,
-        steps=list(columns[0]),
-        since_prev=as_floats(list(columns[1])),
-        since_init=as_floats(list(columns[2])),
-        update_ratio=as_floats(list(columns[3])),
+        steps=[row.step for row in rows],
+        since_prev=codec.float_list([row.since_prev for row in rows]),
+        since_init=codec.float_list([row.since_init for row in rows]),
+        update_ratio=codec.float_list([row.update_ratio for row in rows]),
         next_after_step=next_after,
     )
 

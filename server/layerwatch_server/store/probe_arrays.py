@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from layerwatch_server.models import SqlProbe, SqlProbeAttributions
+from layerwatch_server.store import codec
 from layerwatch_server.store.probes import require_probe
 from layerwatch_server.store.runs import require_run
 
@@ -73,26 +74,22 @@ def load_probe(
         predictions=_ints(probe.predictions),
     )
     for row in rows:
-        features = _halves(row.features, row.features_shape)
+        features = codec.unpack_float16(row.features, row.features_shape)
         feature_maps = None
         if maps and row.maps is not None and row.maps_shape is not None:
-            feature_maps = _halves(row.maps, row.maps_shape)
+            feature_maps = codec.unpack_float16(row.maps, row.maps_shape)
         result.layers[row.name] = LayerArrays(
             row.name, features, row.source_shape, row.reduced, feature_maps
         )
     if attributions:
         explained = session.get(SqlProbeAttributions, (run_id, step, rank))
         if explained is not None:
-            result.attributions = np.frombuffer(explained.values, "<f4").reshape(explained.shape)
+            result.attributions = codec.unpack_float32(explained.values, explained.shape)
             result.attribution_targets = _ints(explained.targets)
             if explained.deltas is not None:
-                result.attribution_deltas = np.frombuffer(explained.deltas, "<f8")
+                result.attribution_deltas = codec.unpack_float64(explained.deltas)
     return result
 
 
-def _halves(data: bytes, shape: list[int]) -> np.ndarray:
-    return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(shape)
-
-
 def _ints(data: bytes | None) -> np.ndarray | None:
-    return None if data is None else np.frombuffer(data, dtype="<i4").astype(np.int64)
+    return None if data is None else codec.unpack_int32(data)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import cast
 
-import numpy as np
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
@@ -26,6 +25,7 @@ from layerwatch_server.models import (
     utcnow,
 )
 from layerwatch_server.schemas import ProbeLayerSummary, ProbesPublic, ProbeSummary
+from layerwatch_server.store import codec
 from layerwatch_server.store.runs import require_run
 
 _PROBES: Table = SqlProbe.__table__  # type: ignore[assignment]
@@ -95,17 +95,13 @@ def _store_attributions(
         "values": attributions.values,
         "targets": attributions.targets,
         "steps": attributions.steps,
-        "deltas": None if attributions.deltas is None else _pack_doubles(attributions.deltas),
+        "deltas": None if attributions.deltas is None else codec.pack_float64(attributions.deltas),
     }
     stored = session.get(SqlProbeAttributions, key)
     if stored is None:
         session.add(SqlProbeAttributions(run_id=key[0], step=key[1], rank=key[2], **row))
     elif any(_differs(getattr(stored, field), value) for field, value in row.items()):
         raise Conflict(f"{where}: attributions differ from the ones stored")
-
-
-def _pack_doubles(values: list[float]) -> bytes:
-    return np.asarray(values, dtype="<f8").tobytes()
 
 
 def _layer_row(layer: wire.ProbeLayer) -> dict[str, object]:
@@ -255,7 +251,7 @@ def get_probe(
 
 
 def _attributions(row: SqlProbeAttributions) -> wire.ProbeAttributions:
-    deltas = None if row.deltas is None else np.frombuffer(row.deltas, "<f8").tolist()
+    deltas = None if row.deltas is None else codec.unpack_float64(row.deltas).tolist()
     return wire.ProbeAttributions.model_construct(
         method="integrated_gradients",
         shape=row.shape,

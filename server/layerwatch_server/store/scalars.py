@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 from layerwatch_server.errors import ScalarNotFound
 from layerwatch_server.models import SqlScalar
 from layerwatch_server.schemas import ScalarNamesPublic, ScalarSeriesPublic
+from layerwatch_server.store import codec
 from layerwatch_server.store.paging import read_series
 from layerwatch_server.store.runs import require_run
-from layerwatch_server.store.series import as_floats
 
 
 def require_scalars(session: Session, run_id: str, names: Collection[str] = ()) -> list[str]:
@@ -61,7 +61,7 @@ def get_scalar_series(
         name=name,
         rank=rank,
         steps=[row.step for row in page.rows],
-        values=as_floats([row.value for row in page.rows]),
+        values=codec.float_list([row.value for row in page.rows]),
         times=[row.time for row in page.rows],
         total=page.total,
         downsampled=page.downsampled,

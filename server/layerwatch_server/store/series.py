@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server.models import SqlHistogram, SqlStat
 from layerwatch_server.schemas import HistogramPublic, HistogramsPublic, SeriesPublic
+from layerwatch_server.store import codec
 from layerwatch_server.store.paging import cut_page, page_by_step, read_series
 from layerwatch_server.store.runs import require_tensor_id
-
-
-def as_floats(values: list[Any]) -> list[float]:
-    floats: list[float] = np.array(values, dtype=np.float64).tolist()  # None (SQLite's NaN) -> nan
-    return floats
 
 
 def get_series(
@@ -47,24 +40,11 @@ def get_series(
         stat=stat,
         rank=rank,
         steps=[row.step for row in page.rows],
-        values=as_floats([row.value for row in page.rows]),
+        values=codec.float_list([row.value for row in page.rows]),
         total=page.total,
         downsampled=page.downsampled,
         next_after_step=page.next_after_step,
     )
-
-
-def unpack_histogram(row: SqlHistogram) -> tuple[list[float], list[int]]:
-    """(edges, counts) of a stored histogram."""
-    width = len(row.counts) // row.bins
-    counts = np.frombuffer(row.counts, dtype="<u4" if width == 4 else "<u8")
-    if row.edges is not None:
-        edges = np.frombuffer(row.edges, dtype="<f8")
-    else:
-        assert row.lo is not None
-        assert row.hi is not None
-        edges = np.linspace(row.lo, row.hi, row.bins + 1)
-    return edges.tolist(), counts.astype(np.int64).tolist()
 
 
 def get_histograms(
@@ -93,13 +73,13 @@ def get_histograms(
     rows, next_after = cut_page(list(session.scalars(query)), limit, lambda row: row.step)
     data = []
     for row in rows:
-        edges, counts = unpack_histogram(row)
+        histogram = codec.unpack_histogram(row)
         data.append(
             HistogramPublic(
                 step=row.step,
                 rank=row.rank,
-                edges=edges,
-                counts=counts,
+                edges=histogram.edges.tolist(),
+                counts=histogram.counts.tolist(),
                 sample_size=row.sample_size,
             )
         )
