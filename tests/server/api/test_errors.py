@@ -22,10 +22,10 @@ from fastapi import HTTPException
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from layerwatch_server.cli.serving import serve_in_thread
 from layerwatch_server.config import Settings
 from layerwatch_server.errors import http_error_code
 from layerwatch_server.main import create_app
-from layerwatch_server.serving import serve_in_thread
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> Any:
