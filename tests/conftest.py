@@ -46,11 +46,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from layerwatch_server.cli.serving import serve_in_thread
 from layerwatch_server.config import Settings
 from layerwatch_server.db import make_engine
 from layerwatch_server.main import create_app
 from layerwatch_server.migrate import upgrade_database
-from layerwatch_server.serving import serve_in_thread
 
 POSTGRES_URL_ENV = "LAYERWATCH_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -1,4 +1,4 @@
-"""Engine and session management for SQLite and PostgreSQL.
+"""Engine and session management for SQLite and PostgreSQL, and where their SQL differs.
 
 SQLite gets the settings a concurrent server needs: WAL (readers never wait
 for the writer), ``synchronous=NORMAL``, a ``busy_timeout`` and foreign keys.
@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,6 +50,12 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000, **kwargs: Any) 
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def insert_ignoring_duplicates(session: Session, table: Table) -> Any:
+    """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING), in either dialect."""
+    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()
 
 
 def make_sessionmakers(engine: Engine) -> tuple[sessionmaker[Session], sessionmaker[Session]]:

@@ -1,14 +1,53 @@
-"""Domain errors raised by the store, and the one table mapping them to HTTP.
+"""Domain errors raised by the store and the views, each with its HTTP status and stable code.
 
-Store code raises these without knowing about HTTP; ``main.py`` installs one
-handler that turns each into its status code and ``{"detail": ...}``.
+Every error the server answers has the body ``{"detail": ..., "code": ...}``:
+``detail`` is prose (or, for a refused request or payload, the list of
+validation errors) for people; ``code`` is for programs, and stays the same
+across releases. Clients branch on ``code``, never on ``detail``.
+
+======  ========================  ==================================================
+status  code                      when
+======  ========================  ==================================================
+404     ``run_not_found``         no run with this id (`RunNotFound`)
+404     ``tensor_not_found``      the run has no such tensor (`TensorNotFound`)
+404     ``scalar_not_found``      the run has no such scalar (`ScalarNotFound`)
+404     ``project_not_found``     no project of this name (`ProjectNotFound`)
+404     ``probe_not_found``       no probe at that step, or no such layer in it
+                                  (`ProbeNotFound`)
+404     ``not_found``             anything else that does not exist (`NotFound`),
+                                  and unknown URLs
+405     ``method_not_allowed``    the URL exists, the method does not
+409     ``conflict``              a write that contradicts stored history (`Conflict`)
+413     ``payload_too_large``     a body over the size cap, before or after gzip
+                                  (`PayloadTooLarge`)
+415     ``unsupported_encoding``  a Content-Encoding other than gzip
+                                  (`UnsupportedEncoding`)
+422     ``invalid``               request or payload validation, well-typed but
+                                  senseless parameters (`InvalidQuery`), a value out
+                                  of the database's range
+503     ``unavailable``           the database is busy or unavailable; retry after
+                                  ``Retry-After`` seconds
+any     ``http_<status>``         any other HTTP error of the framework
+======  ========================  ==================================================
+
+Store and view code raises these without knowing about HTTP; ``main.py``
+installs the handlers that turn them (and the framework's own errors) into
+responses.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class LayerwatchError(Exception):
-    """Base of every error the server answers with a 4xx."""
+    """Base of every error the server answers with a 4xx; subclasses set status and code.
+
+    Only the subclasses are raised; the base answers like any other HTTP 400.
+    """
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "http_400"
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -16,44 +55,68 @@ class LayerwatchError(Exception):
 
 
 class NotFound(LayerwatchError):
-    """A project, run, tensor or series that does not exist."""
+    """Something asked for does not exist; the subclasses say what."""
+
+    status_code = 404
+    code = "not_found"
 
 
 class RunNotFound(NotFound):
-    pass
+    code = "run_not_found"
 
 
 class TensorNotFound(NotFound):
-    pass
+    code = "tensor_not_found"
+
+
+class ScalarNotFound(NotFound):
+    code = "scalar_not_found"
+
+
+class ProjectNotFound(NotFound):
+    code = "project_not_found"
+
+
+class ProbeNotFound(NotFound):
+    """No probe at the step asked for, or the probe has no such layer."""
+
+    code = "probe_not_found"
 
 
 class Conflict(LayerwatchError):
     """A write that would change stored history, or contradict it."""
 
+    status_code = 409
+    code = "conflict"
+
 
 class InvalidQuery(LayerwatchError):
-    """Query parameters that are well-typed but make no sense together."""
+    """Parameters or a body that are well-formed but make no sense."""
+
+    status_code = 422
+    code = "invalid"
 
 
 class PayloadTooLarge(LayerwatchError):
-    pass
+    status_code = 413
+    code = "payload_too_large"
 
 
 class UnsupportedEncoding(LayerwatchError):
     """A request body in a Content-Encoding the server does not read."""
 
-
-HTTP_STATUS: dict[type[LayerwatchError], int] = {
-    NotFound: 404,
-    Conflict: 409,
-    InvalidQuery: 422,
-    PayloadTooLarge: 413,
-    UnsupportedEncoding: 415,
-}
+    status_code = 415
+    code = "unsupported_encoding"
 
 
-def status_for(error: LayerwatchError) -> int:
-    for cls in type(error).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 400
+UNAVAILABLE = "unavailable"
+"""The code of a 503: the database is busy or unavailable."""
+
+
+def http_error_code(status: int) -> str:
+    """The code of an HTTP error the framework raises itself: no route, no such method, ..."""
+    if status == NotFound.status_code:
+        return NotFound.code
+    if status == 405:
+        return "method_not_allowed"
+    return f"http_{status}"

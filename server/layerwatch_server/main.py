@@ -7,7 +7,7 @@ layerwatch_server.main:create_app``. Nothing is created at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,15 +15,17 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from layerwatch_server.api.routes import export, health, ingest, layers, probes, runs, series, views
 from layerwatch_server.config import Settings, get_settings
 from layerwatch_server.db import make_engine, make_sessionmakers
-from layerwatch_server.errors import LayerwatchError, status_for
+from layerwatch_server.errors import UNAVAILABLE, InvalidQuery, LayerwatchError, http_error_code
 from layerwatch_server.migrate import upgrade_database
 
 logger = logging.getLogger("layerwatch_server")
@@ -75,33 +77,47 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
     ]
 
 
+def error_response(
+    status: int, detail: Any, code: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The one shape of every error the server answers: ``{"detail": ..., "code": ...}``."""
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(LayerwatchError)
     async def _domain(_: Request, error: LayerwatchError) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=status_for(error))
+        return error_response(error.status_code, error.detail, error.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> Response:
+        if not is_body_allowed_for_status_code(error.status_code):
+            return Response(status_code=error.status_code, headers=error.headers)
+        return error_response(
+            error.status_code, error.detail, http_error_code(error.status_code), error.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _clean_errors(error.errors())}, status_code=422)
+        return error_response(422, _clean_errors(error.errors()), InvalidQuery.code)
 
     @app.exception_handler(ValidationError)
     async def _payload_invalid(_: Request, error: ValidationError) -> JSONResponse:
         errors = error.errors(include_url=False, include_context=False, include_input=False)
-        return JSONResponse({"detail": _clean_errors(errors)}, status_code=422)
+        return error_response(422, _clean_errors(errors), InvalidQuery.code)
 
     @app.exception_handler(DataError)
     async def _out_of_range(_: Request, error: DataError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"a value is out of range for the database: {error.orig}"[:500]},
-            status_code=422,
-        )
+        detail = f"a value is out of range for the database: {error.orig}"[:500]
+        return error_response(422, detail, InvalidQuery.code)
 
     async def _busy(_: Request, error: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", error)
-        return JSONResponse(
-            {"detail": "the database is busy or unavailable; retry later"},
-            status_code=503,
-            headers={"Retry-After": str(settings.retry_after_seconds)},
+        return error_response(
+            503,
+            "the database is busy or unavailable; retry later",
+            UNAVAILABLE,
+            {"Retry-After": str(settings.retry_after_seconds)},
         )
 
     app.add_exception_handler(OperationalError, _busy)

@@ -167,6 +167,10 @@ class SqlWeightChange(Base):
     update_ratio: Mapped[float | None] = mapped_column(Double)
 
 
+WEIGHT_CHANGE_METRICS = ("since_prev", "since_init", "update_ratio")
+"""The measured columns of `SqlWeightChange`, in the order of `wire.WeightChanges`."""
+
+
 class SqlModule(Base):
     """One module of a watched model's tree, as the client saw it at the first forward.
 

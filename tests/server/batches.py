@@ -1,18 +1,23 @@
-"""Builders of valid payloads for the server tests, and small readers of the database."""
+"""Builders of valid payloads for the server tests, ways to send them (through the store, or
+over HTTP), and small readers of what was stored."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
+from layerwatch_server import store
 from layerwatch_server.models import (
     SqlBatch,
     SqlHistogram,
@@ -184,3 +189,66 @@ def count_rows(session: Session, run_id: str) -> dict[str, int]:
         "modules": count(SqlModule, SqlModule.run_id == run_id),
         "batches": count(SqlBatch, SqlBatch.run_id == run_id),
     }
+
+
+def create_run(api: httpx.Client, **spec: object) -> str:
+    """Create a run over HTTP (a new id and project unless given); its id."""
+    spec.setdefault("id", new_id("r"))
+    spec.setdefault("project", new_id("p"))
+    response = api.post("/runs", json=spec)
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["id"]
+    return run_id
+
+
+def post_batch(
+    api: httpx.Client, run_id: str, batch: wire.Batch, **kwargs: object
+) -> httpx.Response:
+    return api.post(
+        f"/runs/{run_id}/batches",
+        content=body(batch),
+        headers={"Content-Type": "application/json"},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+Doc = dict[str, Any]
+
+
+def valid_doc() -> Doc:
+    """A valid batch as the JSON document a client would send."""
+    doc: Doc = json.loads(sample_batch().model_dump_json())
+    doc["histograms"].append(histogram("fc1", 1, [1, 2, 3], edges=[0.0, 1.0, 2.0, 3.0]))
+    doc["scalars"][0]["times"] = [1.0, 2.0, 3.0]
+    return doc
+
+
+def assert_nothing_stored(api: httpx.Client, run_id: str) -> None:
+    assert api.get(f"/runs/{run_id}/tensors").json()["count"] == 0
+    assert api.get(f"/runs/{run_id}/scalars").json()["count"] == 0
+
+
+def store_run(session: Session, *, project: str | None = None, **spec: object) -> str:
+    """Create a run through the store, committed; its id."""
+    run, created = store.create_or_resume_run(
+        session, wire.RunCreate(id=new_id("r"), project=project or new_id("p"), **spec)
+    )
+    session.commit()
+    assert created
+    return run.id
+
+
+def store_batch(session: Session, run_id: str, batch: wire.Batch) -> wire.BatchReceipt:
+    """One unit of work, as the server runs it: commit on success, roll back on error."""
+    try:
+        receipt = store.ingest_batch(session, run_id, batch, digest=digest(batch))
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+    return receipt
+
+
+def same_floats(left: list[float], right: list[float]) -> bool:
+    """Equal element by element, NaN equal to NaN."""
+    return np.array_equal(np.asarray(left), np.asarray(right), equal_nan=True)

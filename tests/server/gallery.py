@@ -1,4 +1,5 @@
-"""What the `gallery_runs` fixture (conftest.py) gives: the run ids of each kind of run.
+"""What the `gallery_runs` fixture (conftest.py) gives: the run ids of each kind of run;
+and the names of the views by family.
 
 A module of its own so that tests can import it: `conftest` names a module in
 each test folder, and which one an import finds depends on collection order.
@@ -22,3 +23,9 @@ class GalleryRuns:
     def all(self) -> dict[str, str]:
         return {"mlp": self.mlp, "cnn": self.cnn, "empty": self.empty, "single": self.single,
                 "odd": self.odd}  # fmt: skip
+
+
+# The views of the gallery by family, as their tests take them.
+PROBE_VIEWS = ("scatter", "embedding", "class-means", "confusion")
+DETAIL_VIEWS = ("layer-outputs", "feature-maps", "attributions", "model")
+STATISTICS_VIEWS = ("distributions", "histogram", "gradient-flow", "weight-change", "dead-units")

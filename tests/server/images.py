@@ -1,4 +1,4 @@
-"""Reading the PNGs and JSON twins the gallery answers, for the view tests."""
+"""Reading the PNGs, JSON twins and errors the gallery answers, for the view tests."""
 
 from __future__ import annotations
 
@@ -42,3 +42,21 @@ def view(api: httpx.Client, run_id: str, name: str, **params: Any) -> dict[str, 
     data: dict[str, Any] = response.json()
     assert (data["view"], data["run_id"]) == (name, run_id)
     return data
+
+
+def png(api: httpx.Client, run_id: str, name: str, **params: Any) -> httpx.Response:
+    """The PNG answer of view `name`, which must answer 200 for the run."""
+    response = api.get(f"/runs/{run_id}/plots/{name}.png", params=params)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def floats(values: Any) -> np.ndarray:
+    """JSON numbers (with "NaN"/"Infinity" strings) as float64."""
+    return np.array(values, dtype=np.float64)
+
+
+def assert_error(response: httpx.Response, status: int, *names: str) -> None:
+    assert response.status_code == status, response.text
+    for name in names:
+        assert name in response.text

@@ -149,6 +149,7 @@ def test_a_locked_sqlite_database_answers_503_with_retry_after(
     assert busy.status_code == 503, busy.text
     assert busy.headers["Retry-After"] == "7"
     assert "retry" in busy.json()["detail"]
+    assert busy.json()["code"] == "unavailable"
     assert also_busy.status_code == 503
     assert still_readable.status_code == 200
     assert api.get(f"/runs/{run_id}/tensors").json()["count"] == 0

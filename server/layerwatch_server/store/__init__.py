@@ -13,12 +13,8 @@ from layerwatch_server.store.runs import (
     list_tensors,
     update_run,
 )
-from layerwatch_server.store.series import (
-    get_histograms,
-    get_scalar_series,
-    get_series,
-    list_scalar_names,
-)
+from layerwatch_server.store.scalars import get_scalar_series, list_scalar_names
+from layerwatch_server.store.series import get_histograms, get_series
 
 __all__ = [
     "EmbeddingKey",

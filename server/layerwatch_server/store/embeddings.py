@@ -18,9 +18,9 @@ from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from layerwatch_server.db import WRITE_OPTION
+from layerwatch_server.db import WRITE_OPTION, insert_ignoring_duplicates
 from layerwatch_server.models import SqlEmbedding, utcnow
-from layerwatch_server.store.ingest import insert_ignoring_duplicates
+from layerwatch_server.store import codec
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def get_embedding(session: Session, key: EmbeddingKey) -> np.ndarray | None:
     )
     if data is None:
         return None
-    return np.frombuffer(bytes(data), dtype="<f4").reshape(-1, 2)
+    return codec.unpack_float32(data, (-1, 2))
 
 
 def save_embedding(session: Session, key: EmbeddingKey, coordinates: np.ndarray) -> bool:
@@ -73,7 +73,7 @@ def save_embedding(session: Session, key: EmbeddingKey, coordinates: np.ndarray)
         "method": key.method,
         "perplexity": key.perplexity,
         "points": len(coordinates),
-        "coordinates": np.ascontiguousarray(coordinates, dtype="<f4").tobytes(),
+        "coordinates": codec.pack_float32(coordinates),
         "created_at": utcnow(),
     }
     try:

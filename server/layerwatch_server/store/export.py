@@ -26,25 +26,28 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from layerwatch import wire
 from layerwatch_server.db import managed_session
-from layerwatch_server.errors import InvalidQuery, RunNotFound, TensorNotFound
 from layerwatch_server.models import (
+    WEIGHT_CHANGE_METRICS,
     SqlHistogram,
-    SqlRun,
     SqlScalar,
     SqlStat,
     SqlTensor,
     SqlUnitMean,
     SqlWeightChange,
 )
-
-# The one decoder of stored histograms, shared with the JSON endpoint.
-from layerwatch_server.store.series import unpack_histogram
+from layerwatch_server.store import codec
+from layerwatch_server.store.paging import check_step_range
+from layerwatch_server.store.runs import no_such_tensor, require_run
+from layerwatch_server.store.scalars import require_scalars
 
 Table = Literal["stats", "scalars", "histograms", "unit_means", "weight_changes"]
 TABLES: tuple[Table, ...] = get_args(Table)
-STAT_COLUMNS = ("mean", "std", "min", "max", "abs_mean", "l2", "zero_frac", "nonfinite", "numel")
+# Statistics stored as integer counts (`nonfinite`, `numel`): written as integers.
+COUNT_STATS = frozenset(
+    stat for stat in wire.STAT_NAMES if SqlStat.__table__.c[stat].type.python_type is int
+)
 HEADERS: dict[Table, tuple[str, ...]] = {
-    "stats": ("tensor", "kind", "rank", "step", *STAT_COLUMNS),
+    "stats": ("tensor", "kind", "rank", "step", *wire.STAT_NAMES),
     "scalars": ("name", "rank", "step", "value", "time"),
     "histograms": ("tensor", "kind", "rank", "step", "sample_size", "edges", "counts"),
     "unit_means": ("tensor", "kind", "rank", "step", "unit", "mean"),
@@ -86,10 +89,8 @@ def plan_export(
     rank: int | None = None,
 ) -> ExportPlan:
     """Check the filters against the run: every named tensor (of `kind`) and scalar must exist."""
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
-    if start is not None and end is not None and start > end:
-        raise InvalidQuery(f"`start` ({start}) is after `end` ({end})")
+    require_run(session, run_id)
+    check_step_range(start, end)
     query = select(SqlTensor.id, SqlTensor.name, SqlTensor.kind).where(SqlTensor.run_id == run_id)
     if kind is not None:
         query = query.where(SqlTensor.kind == kind)
@@ -97,19 +98,10 @@ def plan_export(
     if tensors:
         missing = set(tensors) - {tensor.name for tensor in chosen}
         if missing:
-            of_kind = f"{kind} " if kind else ""
-            raise TensorNotFound(f"run `{run_id}` has no {of_kind}tensor `{sorted(missing)[0]}`")
+            raise no_such_tensor(run_id, sorted(missing)[0], kind)
         chosen = [tensor for tensor in chosen if tensor.name in tensors]
-    scalars = list(
-        session.scalars(
-            select(SqlScalar.name).where(SqlScalar.run_id == run_id).distinct()
-            .order_by(SqlScalar.name)
-        )
-    )  # fmt: skip
+    scalars = require_scalars(session, run_id, names)
     if names:
-        missing = set(names) - set(scalars)
-        if missing:
-            raise TensorNotFound(f"run `{run_id}` has no scalar `{sorted(missing)[0]}`")
         scalars = [name for name in scalars if name in names]
     return ExportPlan(run_id, tuple(chosen), tuple(scalars), start, end, rank)
 
@@ -145,11 +137,11 @@ def _sources(plan: ExportPlan, table: Table) -> Iterator[_Source]:
         if table == "weight_changes" and tensor.kind != "weight":
             continue
         if table == "stats":
-            columns: list[Any] = [SqlStat.rank, SqlStat.step,
-                                  *(getattr(SqlStat, c) for c in STAT_COLUMNS)]  # fmt: skip
+            stats = [getattr(SqlStat, stat) for stat in wire.STAT_NAMES]
+            columns: list[Any] = [SqlStat.rank, SqlStat.step, *stats]
         elif table == "weight_changes":
-            columns = [model.rank, model.step, model.since_prev, model.since_init,
-                       model.update_ratio]  # fmt: skip
+            metrics = [getattr(model, metric) for metric in WEIGHT_CHANGE_METRICS]
+            columns = [model.rank, model.step, *metrics]
         else:
             columns = [model]
         label = (tensor.name,) if table == "weight_changes" else (tensor.name, tensor.kind)
@@ -206,24 +198,26 @@ def _optional(value: float | int | None) -> str:
     return "" if value is None else repr(value)
 
 
+def _stat_cell(stat: str, value: float | None) -> str:
+    return str(int(value)) if stat in COUNT_STATS and value is not None else _number(value)
+
+
 def _csv_rows(table: Table, label: tuple[str, ...], row: Any) -> Iterator[Sequence[object]]:
     if table == "stats":
-        rank, step, *values = row
-        cells = [_number(v) for v in values[:-2]] + [str(int(v)) for v in values[-2:]]
-        yield (*label, rank, step, *cells)
+        cells = [_stat_cell(stat, getattr(row, stat)) for stat in wire.STAT_NAMES]
+        yield (*label, row.rank, row.step, *cells)
     elif table == "scalars":
-        rank, step, value, time = row
-        yield (*label, rank, step, _number(value), _optional(time))
+        yield (*label, row.rank, row.step, _number(row.value), _optional(row.time))
     elif table == "weight_changes":
-        rank, step, *values = row
-        yield (*label, rank, step, *(_number(v) for v in values))
+        cells = [_number(getattr(row, metric)) for metric in WEIGHT_CHANGE_METRICS]
+        yield (*label, row.rank, row.step, *cells)
     elif table == "histograms":
-        edges, counts = unpack_histogram(row)
+        histogram = codec.unpack_histogram(row)
+        edges, counts = histogram.edges.tolist(), histogram.counts.tolist()
         yield (*label, row.rank, row.step, _optional(row.sample_size),
                json.dumps(edges), json.dumps(counts))  # fmt: skip
     else:
-        means = np.frombuffer(row.means, dtype="<f4").astype(np.float64).tolist()
-        for unit, mean in enumerate(means):
+        for unit, mean in enumerate(codec.unpack_unit_means(row.means).tolist()):
             yield (*label, row.rank, row.step, unit, _number(mean))
 
 
@@ -246,10 +240,6 @@ def iter_csv(sessions: sessionmaker[Session], plan: ExportPlan, table: Table) ->
 Arrays = dict[str, Any]  # name -> ndarray (Any: savez_compressed takes **ArrayLike)
 
 
-def _floats(values: Sequence[float | None]) -> npt.NDArray[np.float64]:
-    return np.array(values, dtype=np.float64).reshape(len(values))  # None (SQLite's NaN) -> nan
-
-
 def _steps(values: Sequence[int]) -> npt.NDArray[np.int64]:
     return np.array(values, dtype=np.int64).reshape(len(values))
 
@@ -263,7 +253,7 @@ def _collect(
         yield source, list(result.scalars() if table in ("histograms", "unit_means") else result)
 
 
-def _padded(rows: Sequence[Sequence[float]], fill: float, dtype: type = np.float64) -> Any:
+def _padded(rows: Sequence[npt.NDArray[Any]], fill: float, dtype: type = np.float64) -> Any:
     """Rows of different lengths (bins or units changed within the run) as one matrix."""
     width = max((len(row) for row in rows), default=0)
     matrix: Any = np.full((len(rows), width), fill, dtype=dtype)
@@ -276,29 +266,29 @@ def _npz_arrays(session: Session, plan: ExportPlan) -> Arrays:
     arrays: Arrays = {}
     for source, rows in _collect(session, plan, "stats"):
         prefix = f"stats/{source.label[1]}/{source.label[0]}"
-        arrays[f"{prefix}/steps"] = _steps([row[1] for row in rows])
-        for i, stat in enumerate(STAT_COLUMNS):
-            arrays[f"{prefix}/{stat}"] = _floats([row[2 + i] for row in rows])
+        arrays[f"{prefix}/steps"] = _steps([row.step for row in rows])
+        for stat in wire.STAT_NAMES:
+            arrays[f"{prefix}/{stat}"] = codec.floats([getattr(row, stat) for row in rows])
     for source, rows in _collect(session, plan, "scalars"):
-        arrays[f"scalars/{source.label[0]}/steps"] = _steps([row[1] for row in rows])
-        arrays[f"scalars/{source.label[0]}/values"] = _floats([row[2] for row in rows])
+        arrays[f"scalars/{source.label[0]}/steps"] = _steps([row.step for row in rows])
+        arrays[f"scalars/{source.label[0]}/values"] = codec.floats([row.value for row in rows])
     for source, rows in _collect(session, plan, "weight_changes"):
         prefix = f"weight_changes/{source.label[0]}"
-        arrays[f"{prefix}/steps"] = _steps([row[1] for row in rows])
-        for i, column in enumerate(("since_prev", "since_init", "update_ratio")):
-            arrays[f"{prefix}/{column}"] = _floats([row[2 + i] for row in rows])
+        arrays[f"{prefix}/steps"] = _steps([row.step for row in rows])
+        for metric in WEIGHT_CHANGE_METRICS:
+            arrays[f"{prefix}/{metric}"] = codec.floats([getattr(row, metric) for row in rows])
     for source, rows in _collect(session, plan, "unit_means"):
         if source.label[1] != "activation":
             continue  # the client sends unit means of activations only
-        means = [np.frombuffer(row.means, dtype="<f4").astype(np.float64).tolist() for row in rows]
+        means = [codec.unpack_unit_means(row.means) for row in rows]
         arrays[f"unit_means/{source.label[0]}/steps"] = _steps([row.step for row in rows])
         arrays[f"unit_means/{source.label[0]}/means"] = _padded(means, np.nan)
     for source, rows in _collect(session, plan, "histograms"):
         prefix = f"histograms/{source.label[1]}/{source.label[0]}"
-        unpacked = [unpack_histogram(row) for row in rows]
+        unpacked = [codec.unpack_histogram(row) for row in rows]
         arrays[f"{prefix}/steps"] = _steps([row.step for row in rows])
-        arrays[f"{prefix}/edges"] = _padded([edges for edges, _ in unpacked], np.nan)
-        arrays[f"{prefix}/counts"] = _padded([counts for _, counts in unpacked], 0, np.int64)
+        arrays[f"{prefix}/edges"] = _padded([h.edges for h in unpacked], np.nan)
+        arrays[f"{prefix}/counts"] = _padded([h.counts for h in unpacked], 0, np.int64)
         arrays[f"{prefix}/sample_size"] = _steps(
             [-1 if row.sample_size is None else row.sample_size for row in rows]
         )

@@ -13,23 +13,21 @@ with a Conflict, so stored history is never overwritten.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
 from sqlalchemy import Table, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import Conflict, RunNotFound
+from layerwatch_server.db import insert_ignoring_duplicates
+from layerwatch_server.errors import Conflict
 from layerwatch_server.models import (
     SqlBatch,
     SqlHistogram,
     SqlModule,
-    SqlRun,
     SqlScalar,
     SqlStat,
     SqlTensor,
@@ -37,6 +35,8 @@ from layerwatch_server.models import (
     SqlWeightChange,
     utcnow,
 )
+from layerwatch_server.store import codec
+from layerwatch_server.store.runs import require_run
 
 Row = dict[str, Any]
 Record = tuple[Any, ...]  # one measurement row, in the order of its _*_COLUMNS below
@@ -67,8 +67,7 @@ def ingest_batch(
     ``digest`` identifies the batch's content: the same ``batch_id`` with a
     different digest is refused rather than silently treated as a replay.
     """
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    require_run(session, run_id)
     counts = {name: sum(len(block.steps) for block in getattr(batch, name))
               for name in _RECEIPT_COUNTS}  # fmt: skip
     receipt = wire.BatchReceipt(
@@ -135,12 +134,6 @@ def _replayed(previous: SqlBatch, batch: wire.Batch, digest: str) -> wire.BatchR
         models=previous.models,
         **{name: getattr(previous, name) for name in _RECEIPT_COUNTS},
     )
-
-
-def insert_ignoring_duplicates(session: Session, table: Table) -> Any:
-    """INSERT that skips rows whose key exists (ON CONFLICT DO NOTHING)."""
-    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()
 
 
 def _claim_batch(session: Session, row: Row) -> bool:
@@ -211,33 +204,19 @@ def _stat_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> lis
     return rows
 
 
-def _pack_counts(counts: Sequence[int] | bytes) -> bytes:
-    """Counts as little-endian uint32 when they fit, else uint64; packed counts as they are."""
-    if isinstance(counts, bytes):
-        return counts
-    try:
-        return struct.pack(f"<{len(counts)}I", *counts)
-    except struct.error:  # a count of 2**32 or more
-        return struct.pack(f"<{len(counts)}Q", *counts)
-
-
-def _pack_edges(edges: Sequence[float]) -> bytes:
-    return struct.pack(f"<{len(edges)}d", *edges)
-
-
 def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Record]:
     rows: list[Record] = []
     for block in batch.histograms:
         n = len(block.steps)
         tensor_id = tensor_ids[(block.name, block.kind)]
         bins = map(wire.bin_count, block.counts)
-        counts = map(_pack_counts, block.counts)
+        counts = map(codec.pack_counts, block.counts)
         edges: Iterable[bytes | None] = repeat(None, n)
         lo: Iterable[float | None] = block.lo or repeat(None, n)
         hi: Iterable[float | None] = block.hi or repeat(None, n)
         sampled: Iterable[int | None] = block.sample_size or repeat(None, n)
         if block.edges is not None:
-            edges = map(_pack_edges, block.edges)
+            edges = map(codec.pack_edges, block.edges)
         rows.extend(
             zip(
                 repeat(tensor_id, n), block.steps, repeat(batch.rank, n), bins, lo, hi, edges,

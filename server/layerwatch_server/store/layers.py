@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import RunNotFound
-from layerwatch_server.models import SqlModule, SqlRun, SqlUnitMean, SqlWeightChange
+from layerwatch_server.models import SqlModule, SqlUnitMean, SqlWeightChange
 from layerwatch_server.schemas import (
     ModelTreePublic,
     ModelTreesPublic,
@@ -16,7 +14,9 @@ from layerwatch_server.schemas import (
     UnitMeansPublic,
     WeightChangesPublic,
 )
-from layerwatch_server.store.series import as_floats, cut_page, find_tensor_id, page_by_step
+from layerwatch_server.store import codec
+from layerwatch_server.store.paging import cut_page, page_by_step
+from layerwatch_server.store.runs import require_run, require_tensor_id
 
 
 def get_unit_means(
@@ -32,21 +32,21 @@ def get_unit_means(
     limit: int = 1000,
 ) -> UnitMeansPublic:
     """Per-unit means of one tensor over a page of steps, one row of units per step."""
-    tensor_id = find_tensor_id(session, run_id, tensor, kind)
+    tensor_id = require_tensor_id(session, run_id, tensor, kind)
     query = select(SqlUnitMean.step, SqlUnitMean.means).where(
         SqlUnitMean.tensor_id == tensor_id, SqlUnitMean.rank == rank
     )
     query = page_by_step(
         query, SqlUnitMean.step, start=start, end=end, after_step=after_step, limit=limit
     )
-    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row[0])
-    values = [np.frombuffer(means, dtype="<f4").astype(np.float64).tolist() for _, means in rows]
+    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row.step)
+    values = [codec.unpack_unit_means(row.means).tolist() for row in rows]
     return UnitMeansPublic(
         tensor=tensor,
         kind=kind,
         rank=rank,
         units=len(values[0]) if values else 0,
-        steps=[step for step, _ in rows],
+        steps=[row.step for row in rows],
         values=values,
         next_after_step=next_after,
     )
@@ -64,7 +64,7 @@ def get_weight_changes(
     limit: int = 10_000,
 ) -> WeightChangesPublic:
     """Relative change since the previous capture and since the start, and update ratios."""
-    tensor_id = find_tensor_id(session, run_id, tensor, "weight")
+    tensor_id = require_tensor_id(session, run_id, tensor, "weight")
     change = SqlWeightChange
     query = select(change.step, change.since_prev, change.since_init, change.update_ratio).where(
         change.tensor_id == tensor_id, change.rank == rank
@@ -72,23 +72,21 @@ def get_weight_changes(
     query = page_by_step(
         query, change.step, start=start, end=end, after_step=after_step, limit=limit
     )
-    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row[0])
-    columns = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
+    rows, next_after = cut_page(list(session.execute(query)), limit, lambda row: row.step)
     return WeightChangesPublic(
         tensor=tensor,
         rank=rank,
-        steps=list(columns[0]),
-        since_prev=as_floats(list(columns[1])),
-        since_init=as_floats(list(columns[2])),
-        update_ratio=as_floats(list(columns[3])),
+        steps=[row.step for row in rows],
+        since_prev=codec.float_list([row.since_prev for row in rows]),
+        since_init=codec.float_list([row.since_init for row in rows]),
+        update_ratio=codec.float_list([row.update_ratio for row in rows]),
         next_after_step=next_after,
     )
 
 
 def get_model_trees(session: Session, run_id: str, *, rank: int | None = None) -> ModelTreesPublic:
     """The module trees of the models a run watched, per rank, in `named_modules()` order."""
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    require_run(session, run_id)
     query = select(SqlModule).where(SqlModule.run_id == run_id)
     if rank is not None:
         query = query.where(SqlModule.rank == rank)

@@ -17,19 +17,20 @@ import numpy.typing as npt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from layerwatch_server.errors import InvalidQuery
 from layerwatch_server.models import (
+    WEIGHT_CHANGE_METRICS,
     SqlHistogram,
     SqlStat,
     SqlTensor,
     SqlUnitMean,
     SqlWeightChange,
 )
-from layerwatch_server.store.runs import get_run
+from layerwatch_server.store import codec
+from layerwatch_server.store.paging import check_step_range
+from layerwatch_server.store.runs import require_run
 
 Floats = npt.NDArray[np.float64]
 MeasurementTable = type[SqlStat] | type[SqlHistogram] | type[SqlUnitMean] | type[SqlWeightChange]
-WEIGHT_CHANGE_METRICS = ("since_prev", "since_init", "update_ratio")
 _CHUNK = 500  # bound parameters per IN list
 
 
@@ -41,12 +42,6 @@ class StepHistogram:
     edges: Floats  # (bins + 1,)
     counts: npt.NDArray[np.int64]  # (bins,)
     sample_size: int | None
-
-
-def check_step_range(start: int | None, end: int | None) -> None:
-    """Refuse a step range that is empty by construction."""
-    if start is not None and end is not None and start > end:
-        raise InvalidQuery(f"`start` ({start}) is after `end` ({end})")
 
 
 def thin_evenly(steps: Sequence[int], max_steps: int) -> list[int]:
@@ -65,7 +60,7 @@ def list_tensor_ids(
 
     With ``table``, only the tensors that have at least one row there.
     """
-    get_run(session, run_id)  # 404 for a run that does not exist
+    require_run(session, run_id)
     query = select(SqlTensor.name, SqlTensor.id).where(
         SqlTensor.run_id == run_id, SqlTensor.kind == kind
     )
@@ -116,16 +111,9 @@ def first_steps(
     return first
 
 
-def _decode_histogram(row: SqlHistogram) -> StepHistogram:
-    width = len(row.counts) // row.bins
-    counts = np.frombuffer(row.counts, dtype="<u4" if width == 4 else "<u8").astype(np.int64)
-    if row.edges is not None:
-        edges = np.frombuffer(row.edges, dtype="<f8").astype(np.float64)
-    else:
-        lo = np.nan if row.lo is None else row.lo
-        hi = np.nan if row.hi is None else row.hi
-        edges = np.linspace(lo, hi, row.bins + 1)
-    return StepHistogram(row.step, edges, counts, row.sample_size)
+def _step_histogram(row: SqlHistogram) -> StepHistogram:
+    histogram = codec.unpack_histogram(row)
+    return StepHistogram(row.step, histogram.edges, histogram.counts, row.sample_size)
 
 
 def get_histograms_at(
@@ -139,7 +127,7 @@ def get_histograms_at(
             SqlHistogram.rank == rank,
             SqlHistogram.step.in_(chunk),
         )
-        found.extend(_decode_histogram(row) for row in session.scalars(query))
+        found.extend(_step_histogram(row) for row in session.scalars(query))
     return sorted(found, key=lambda h: h.step)
 
 
@@ -209,7 +197,7 @@ def get_unit_means_at(
             SqlUnitMean.step.in_(chunk),
         )
         for step, means in session.execute(query):
-            rows[step] = np.frombuffer(means, dtype="<f4").astype(np.float64)
+            rows[step] = codec.unpack_unit_means(means)
     units = max((len(r) for r in rows.values()), default=0)
     out = np.full((len(steps), units), np.nan)
     for j, step in enumerate(steps):

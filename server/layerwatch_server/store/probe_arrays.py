@@ -8,8 +8,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from layerwatch_server.errors import NotFound, RunNotFound
-from layerwatch_server.models import SqlProbe, SqlProbeAttributions, SqlProbeLayer, SqlRun
+from layerwatch_server.models import SqlProbe, SqlProbeAttributions
+from layerwatch_server.store import codec
+from layerwatch_server.store.probes import require_probe
+from layerwatch_server.store.runs import require_run
 
 
 @dataclass
@@ -39,8 +41,7 @@ class ProbeArrays:
 
 def probe_steps(session: Session, run_id: str, *, rank: int = 0) -> list[int]:
     """The steps at which the run was probed, in order; raises if the run does not exist."""
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    require_run(session, run_id)
     return list(
         session.scalars(
             select(SqlProbe.step)
@@ -62,48 +63,33 @@ def load_probe(
 ) -> ProbeArrays:
     """The probe at `step` with the `layers` asked for (all when None), decoded.
 
-    Raises `NotFound` naming what is missing: the run, the probe or a layer.
+    Raises `RunNotFound` or `ProbeNotFound` naming what is missing: the run, the
+    probe or a layer.
     """
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
-    probe = session.get(SqlProbe, (run_id, step, rank))
-    if probe is None:
-        raise NotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
-    query = select(SqlProbeLayer).where(
-        SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
-    )
-    if layers is not None:
-        query = query.where(SqlProbeLayer.name.in_(layers))
-    rows = {row.name: row for row in session.scalars(query.order_by(SqlProbeLayer.position))}
-    missing = [name for name in layers or () if name not in rows]
-    if missing:
-        raise NotFound(f"the probe at step {step} has no layer `{missing[0]}`")
+    probe, rows = require_probe(session, run_id, step, rank=rank, layers=layers)
     result = ProbeArrays(
         step=step,
         samples=probe.samples,
         labels=_ints(probe.labels),
         predictions=_ints(probe.predictions),
     )
-    for name, row in rows.items():
-        features = _halves(row.features, row.features_shape)
+    for row in rows:
+        features = codec.unpack_float16(row.features, row.features_shape)
         feature_maps = None
         if maps and row.maps is not None and row.maps_shape is not None:
-            feature_maps = _halves(row.maps, row.maps_shape)
-        result.layers[name] = LayerArrays(name, features, row.source_shape, row.reduced,
-                                          feature_maps)  # fmt: skip
+            feature_maps = codec.unpack_float16(row.maps, row.maps_shape)
+        result.layers[row.name] = LayerArrays(
+            row.name, features, row.source_shape, row.reduced, feature_maps
+        )
     if attributions:
         explained = session.get(SqlProbeAttributions, (run_id, step, rank))
         if explained is not None:
-            result.attributions = np.frombuffer(explained.values, "<f4").reshape(explained.shape)
+            result.attributions = codec.unpack_float32(explained.values, explained.shape)
             result.attribution_targets = _ints(explained.targets)
             if explained.deltas is not None:
-                result.attribution_deltas = np.frombuffer(explained.deltas, "<f8")
+                result.attribution_deltas = codec.unpack_float64(explained.deltas)
     return result
 
 
-def _halves(data: bytes, shape: list[int]) -> np.ndarray:
-    return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(shape)
-
-
 def _ints(data: bytes | None) -> np.ndarray | None:
-    return None if data is None else np.frombuffer(data, dtype="<i4").astype(np.int64)
+    return None if data is None else codec.unpack_int32(data)

@@ -9,31 +9,31 @@ changes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import cast
 
-import numpy as np
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import Conflict, NotFound, RunNotFound
+from layerwatch_server.db import insert_ignoring_duplicates
+from layerwatch_server.errors import Conflict, ProbeNotFound
 from layerwatch_server.models import (
     SqlProbe,
     SqlProbeAttributions,
     SqlProbeLayer,
-    SqlRun,
     utcnow,
 )
 from layerwatch_server.schemas import ProbeLayerSummary, ProbesPublic, ProbeSummary
-from layerwatch_server.store.ingest import insert_ignoring_duplicates
+from layerwatch_server.store import codec
+from layerwatch_server.store.runs import require_run
 
 _PROBES: Table = SqlProbe.__table__  # type: ignore[assignment]
 
 
 def ingest_probe(session: Session, run_id: str, probe: wire.Probe) -> wire.ProbeReceipt:
     """Store ``probe`` (or one part of it) for run ``run_id`` in the session's transaction."""
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    require_run(session, run_id)
     where = f"probe at step {probe.step} (rank {probe.rank})"
     key = (run_id, probe.step, probe.rank)
     # Create the probe row unless it exists, then lock it: parts of one probe
@@ -95,17 +95,13 @@ def _store_attributions(
         "values": attributions.values,
         "targets": attributions.targets,
         "steps": attributions.steps,
-        "deltas": None if attributions.deltas is None else _pack_doubles(attributions.deltas),
+        "deltas": None if attributions.deltas is None else codec.pack_float64(attributions.deltas),
     }
     stored = session.get(SqlProbeAttributions, key)
     if stored is None:
         session.add(SqlProbeAttributions(run_id=key[0], step=key[1], rank=key[2], **row))
     elif any(_differs(getattr(stored, field), value) for field, value in row.items()):
         raise Conflict(f"{where}: attributions differ from the ones stored")
-
-
-def _pack_doubles(values: list[float]) -> bytes:
-    return np.asarray(values, dtype="<f8").tobytes()
 
 
 def _layer_row(layer: wire.ProbeLayer) -> dict[str, object]:
@@ -137,14 +133,39 @@ def _next_position(session: Session, key: tuple[str, int, int]) -> int:
     return max(positions, default=-1) + 1
 
 
-def _require_run(session: Session, run_id: str) -> None:
-    if session.get(SqlRun, run_id) is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+def require_probe(
+    session: Session,
+    run_id: str,
+    step: int,
+    *,
+    rank: int = 0,
+    layers: Collection[str] | None = None,
+) -> tuple[SqlProbe, list[SqlProbeLayer]]:
+    """The probe at ``step`` and those of its layers in ``layers`` (all when None), in order.
+
+    Raises `RunNotFound` or `ProbeNotFound` naming what is missing: the run, the
+    probe, or the first of ``layers`` that the probe does not have.
+    """
+    require_run(session, run_id)
+    probe = session.get(SqlProbe, (run_id, step, rank))
+    if probe is None:
+        raise ProbeNotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
+    query = select(SqlProbeLayer).where(
+        SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
+    )
+    if layers is not None:
+        query = query.where(SqlProbeLayer.name.in_(layers))
+    stored = list(session.scalars(query.order_by(SqlProbeLayer.position)))
+    found = {layer.name for layer in stored}
+    missing = [name for name in layers or () if name not in found]
+    if missing:
+        raise ProbeNotFound(f"the probe at step {step} has no layer `{missing[0]}`")
+    return probe, stored
 
 
 def list_probes(session: Session, run_id: str, *, rank: int = 0) -> ProbesPublic:
     """The probes of a run, by step, with their layers' shapes (no values)."""
-    _require_run(session, run_id)
+    require_run(session, run_id)
     probes = session.scalars(
         select(SqlProbe)
         .where(SqlProbe.run_id == run_id, SqlProbe.rank == rank)
@@ -205,20 +226,7 @@ def get_probe(
     layers: list[str] | None = None,
 ) -> wire.Probe:
     """A stored probe with its values, in the wire format it came in; ``layers`` picks some."""
-    _require_run(session, run_id)
-    probe = session.get(SqlProbe, (run_id, step, rank))
-    if probe is None:
-        raise NotFound(f"run `{run_id}` has no probe at step {step} (rank {rank})")
-    query = select(SqlProbeLayer).where(
-        SqlProbeLayer.run_id == run_id, SqlProbeLayer.step == step, SqlProbeLayer.rank == rank
-    )
-    if layers:
-        query = query.where(SqlProbeLayer.name.in_(layers))
-    stored = session.scalars(query.order_by(SqlProbeLayer.position)).all()
-    if layers:
-        missing = sorted(set(layers) - {layer.name for layer in stored})
-        if missing:
-            raise NotFound(f"probe at step {step} has no layer `{missing[0]}`")
+    probe, stored = require_probe(session, run_id, step, rank=rank, layers=layers or None)
     explained = session.get(SqlProbeAttributions, (run_id, step, rank))
     return wire.Probe.model_construct(
         step=probe.step,
@@ -243,7 +251,7 @@ def get_probe(
 
 
 def _attributions(row: SqlProbeAttributions) -> wire.ProbeAttributions:
-    deltas = None if row.deltas is None else np.frombuffer(row.deltas, "<f8").tolist()
+    deltas = None if row.deltas is None else codec.unpack_float64(row.deltas).tolist()
     return wire.ProbeAttributions.model_construct(
         method="integrated_gradients",
         shape=row.shape,

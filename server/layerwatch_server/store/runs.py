@@ -1,4 +1,4 @@
-"""Projects, runs and the tensors they watch."""
+"""Projects, runs and the tensors they watch; `require_run` and `require_tensor_id` for all."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
-from layerwatch_server.errors import Conflict, NotFound, RunNotFound
+from layerwatch_server.errors import Conflict, ProjectNotFound, RunNotFound, TensorNotFound
 from layerwatch_server.models import (
     SqlBatch,
     SqlProbe,
@@ -29,6 +29,32 @@ from layerwatch_server.schemas import (
     TensorsPublic,
 )
 from layerwatch_server.store.run_filters import ConfigFilter
+
+
+def require_run(session: Session, run_id: str) -> SqlRun:
+    """The run ``run_id``; raises `RunNotFound` when there is none."""
+    run = session.get(SqlRun, run_id)
+    if run is None:
+        raise RunNotFound(f"run `{run_id}` does not exist")
+    return run
+
+
+def require_tensor_id(session: Session, run_id: str, name: str, kind: str) -> int:
+    """The id of the run's ``kind`` tensor ``name``; raises when it, or the run, does not exist."""
+    tensor_id = session.scalar(
+        select(SqlTensor.id).where(
+            SqlTensor.run_id == run_id, SqlTensor.name == name, SqlTensor.kind == kind
+        )
+    )
+    if tensor_id is not None:
+        return tensor_id
+    require_run(session, run_id)
+    raise no_such_tensor(run_id, name, kind)
+
+
+def no_such_tensor(run_id: str, name: str, kind: str | None = None) -> TensorNotFound:
+    of_kind = f"{kind} " if kind else ""
+    return TensorNotFound(f"run `{run_id}` has no {of_kind}tensor `{name}`")
 
 
 def _project_id(session: Session, name: str) -> int:
@@ -55,14 +81,9 @@ def _run_public(run: SqlRun, project: str) -> RunPublic:
 
 
 def get_run(session: Session, run_id: str) -> RunPublic:
-    row = session.execute(
-        select(SqlRun, SqlProject.name)
-        .join(SqlProject, SqlProject.id == SqlRun.project_id)
-        .where(SqlRun.id == run_id)
-    ).one_or_none()
-    if row is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
-    return _run_public(row[0], row[1])
+    run = require_run(session, run_id)
+    project = session.scalars(select(SqlProject.name).where(SqlProject.id == run.project_id))
+    return _run_public(run, project.one())
 
 
 def create_or_resume_run(session: Session, spec: wire.RunCreate) -> tuple[RunPublic, bool]:
@@ -112,9 +133,7 @@ def _resume(session: Session, run: SqlRun, spec: wire.RunCreate) -> RunPublic:
 
 
 def update_run(session: Session, run_id: str, update: wire.RunUpdate) -> RunPublic:
-    run = session.get(SqlRun, run_id)
-    if run is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    run = require_run(session, run_id)
     run.status = update.status
     run.updated_at = utcnow()
     run.finished_at = None if update.status == "running" else run.updated_at
@@ -153,7 +172,7 @@ def list_runs(
     query = select(SqlRun, SqlProject.name).join(SqlProject, SqlProject.id == SqlRun.project_id)
     if project is not None:
         if session.scalar(select(SqlProject.id).where(SqlProject.name == project)) is None:
-            raise NotFound(f"project `{project}` does not exist")
+            raise ProjectNotFound(f"project `{project}` does not exist")
         query = query.where(SqlProject.name == project)
     if status is not None:
         query = query.where(SqlRun.status == status)
@@ -176,7 +195,7 @@ def list_runs(
 
 def list_tensors(session: Session, run_id: str, *, kind: str | None = None) -> TensorsPublic:
     """The run's tensors in the order they were first seen (network order)."""
-    get_run(session, run_id)
+    require_run(session, run_id)
     query = select(SqlTensor).where(SqlTensor.run_id == run_id)
     if kind is not None:
         query = query.where(SqlTensor.kind == kind)
@@ -191,9 +210,7 @@ def data_version(session: Session, run_id: str) -> tuple[str, str]:
     Batches and probes are only ever added, so counting them (with the newest
     arrival time) changes exactly when something new is stored.
     """
-    status = session.scalar(select(SqlRun.status).where(SqlRun.id == run_id))
-    if status is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+    status = require_run(session, run_id).status
     counts = [
         session.execute(select(func.count(), func.max(column)).where(table_run_id == run_id)).one()
         for column, table_run_id in (

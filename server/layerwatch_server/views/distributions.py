@@ -28,7 +28,7 @@ from layerwatch import wire
 from layerwatch_server.models import SqlHistogram
 from layerwatch_server.store import measurements
 from layerwatch_server.store.measurements import StepHistogram
-from layerwatch_server.store.series import find_tensor_id
+from layerwatch_server.store.runs import require_tensor_id
 from layerwatch_server.views.base import View, ViewData, ViewParams, no_data
 
 Floats = npt.NDArray[np.float64]
@@ -173,7 +173,7 @@ def compute_distributions(
     if tensor is None:
         notes.append(f"the run has no {params.kind} tensors")
     else:
-        tensor_id = find_tensor_id(session, run_id, tensor, params.kind)
+        tensor_id = require_tensor_id(session, run_id, tensor, params.kind)
         captured = measurements.list_steps(
             session, SqlHistogram, [tensor_id], rank=params.rank,
             start=params.start, end=params.end,

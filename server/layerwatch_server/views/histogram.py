@@ -17,7 +17,7 @@ from layerwatch import wire
 from layerwatch_server.models import SqlHistogram
 from layerwatch_server.store import measurements
 from layerwatch_server.store.measurements import StepHistogram
-from layerwatch_server.store.series import find_tensor_id
+from layerwatch_server.store.runs import require_tensor_id
 from layerwatch_server.views.base import View, ViewData, ViewParams, no_data
 from layerwatch_server.views.distributions import first_tensor, sample_note, usable, value_range
 
@@ -95,7 +95,7 @@ def compute_histogram(session: Session, run_id: str, params: HistogramParams) ->
     shown: list[StepHistogram] = []
     for run in runs:
         assert tensor is not None
-        tensor_id = find_tensor_id(session, run, tensor, params.kind)
+        tensor_id = require_tensor_id(session, run, tensor, params.kind)
         captured = measurements.list_steps(session, SqlHistogram, [tensor_id], rank=params.rank)
         steps = list(params.step)
         if not steps and captured:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.errors import InvalidQuery, NotFound
+from layerwatch_server.errors import InvalidQuery, ProbeNotFound
 from layerwatch_server.store.probe_arrays import load_probe, probe_steps
 from layerwatch_server.views.base import (
     Part,
@@ -122,7 +122,7 @@ def compute_layer_outputs(
                              prediction=None, rows=[])  # fmt: skip
     if step is None:
         if params.layer:
-            raise NotFound(f"`layer` `{params.layer[0]}`: run `{run_id}` has no probes")
+            raise ProbeNotFound(f"`layer` `{params.layer[0]}`: run `{run_id}` has no probes")
         empty.notes.append(NO_PROBES)
         return empty
     probe = load_probe(session, run_id, step, rank=params.rank, layers=list(params.layer) or None)
@@ -245,7 +245,7 @@ def compute_feature_maps(
                            mins=[], maxs=[])  # fmt: skip
     if step is None:
         if params.layer is not None:
-            raise NotFound(f"`layer` `{params.layer}`: run `{run_id}` has no probes")
+            raise ProbeNotFound(f"`layer` `{params.layer}`: run `{run_id}` has no probes")
         data.notes.append(NO_PROBES)
         return data
     summary = next(p for p in probes if p.step == step)
@@ -259,7 +259,7 @@ def compute_feature_maps(
         )
         return data
     if layer not in {summary_layer.name for summary_layer in summary.layers}:
-        raise NotFound(f"`layer` `{layer}`: the probe at step {step} has no such layer; "
+        raise ProbeNotFound(f"`layer` `{layer}`: the probe at step {step} has no such layer; "
                        f"layers with maps: {listing(with_maps)}")  # fmt: skip
     if layer not in with_maps:
         raise InvalidQuery(f"`layer` `{layer}` has no feature maps at step {step} (only "

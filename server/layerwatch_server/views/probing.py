@@ -2,7 +2,7 @@
 
 Parameters name a probe step and a layer or leave them out: a default renders
 for any run (the latest probe, a layer chosen for the view), a named one must
-exist (`NotFound` naming it). Points are coloured by class: the labels when the
+exist (`ProbeNotFound` naming it). Points are coloured by class: the labels when the
 probe has them, else the predictions.
 """
 
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.errors import NotFound
+from layerwatch_server.errors import ProbeNotFound
 from layerwatch_server.schemas import ProbeLayerSummary, ProbeSummary
 from layerwatch_server.store.probe_arrays import ProbeArrays
 from layerwatch_server.views.base import ViewParams
@@ -88,18 +88,20 @@ def choose_probe(
 ) -> ProbeChoice:
     """The probe at `step` (default: the latest one that has `layer`) and the layer to show.
 
-    A named step or layer that does not exist is a `NotFound` naming it; with
+    A named step or layer that does not exist is a `ProbeNotFound` naming it; with
     defaults only, a run without probes gives a choice without a probe.
     """
     probes = store.list_probes(session, run_id, rank=rank).data
     if step is not None:
         chosen = next((probe for probe in probes if probe.step == step), None)
         if chosen is None:
-            raise NotFound(f"`step`: run `{run_id}` has no probe at step {step} (rank {rank})")
+            raise ProbeNotFound(f"`step`: run `{run_id}` has no probe at step {step} (rank {rank})")
     elif layer is not None and default_layer is not None:
         having = [p for p in probes if any(item.name == layer for item in p.layers)]
         if not having:
-            raise NotFound(f"`layer`: run `{run_id}` has no probed layer `{layer}` (rank {rank})")
+            raise ProbeNotFound(
+                f"`layer`: run `{run_id}` has no probed layer `{layer}` (rank {rank})"
+            )
         chosen = having[-1]
     elif probes:
         chosen = probes[-1]
@@ -114,7 +116,7 @@ def choose_probe(
         return ProbeChoice(probes, chosen, None)
     if layer is not None:
         if all(item.name != layer for item in chosen.layers):
-            raise NotFound(f"`layer`: the probe at step {chosen.step} has no layer `{layer}`")
+            raise ProbeNotFound(f"`layer`: the probe at step {chosen.step} has no layer `{layer}`")
         return ProbeChoice(probes, chosen, layer)
     if not chosen.layers:
         return ProbeChoice(probes, None, None, f"the probe at step {chosen.step} has no layers")
@@ -264,11 +266,11 @@ def listing(values: Sequence[object], limit: int = 12) -> str:
 
 
 def pick_step(steps: list[int], step: int | None, run_id: str, what: str = "probe") -> int | None:
-    """The asked-for step if `steps` has it (else `NotFound`), by default the latest."""
+    """The asked-for step if `steps` has it (else `ProbeNotFound`), by default the latest."""
     if step is None:
         return steps[-1] if steps else None
     if step not in steps:
-        raise NotFound(
+        raise ProbeNotFound(
             f"`step` {step}: run `{run_id}` has no {what} at step {step}; steps: {listing(steps)}"
         )
     return step

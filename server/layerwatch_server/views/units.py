@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from layerwatch import wire
 from layerwatch_server.models import SqlUnitMean
 from layerwatch_server.store import measurements
-from layerwatch_server.store.series import find_tensor_id
+from layerwatch_server.store.runs import require_tensor_id
 from layerwatch_server.views.base import View, ViewData, no_data
 from layerwatch_server.views.distributions import (
     StepRangeParams,
@@ -90,7 +90,7 @@ def compute_dead_units(session: Session, run_id: str, params: DeadUnitsParams) -
     layers = measurements.list_tensor_ids(session, run_id, kind="activation", table=SqlUnitMean)
     named = None
     if params.tensor is not None:
-        named = (params.tensor, find_tensor_id(session, run_id, params.tensor, "activation"))
+        named = (params.tensor, require_tensor_id(session, run_id, params.tensor, "activation"))
     if not layers:
         notes.append("the run has no unit means")
     if len(layers) > MAX_LINES and params.part != "heatmap":

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from layerwatch import wire
 from layerwatch_server.models import SqlWeightChange
 from layerwatch_server.store import measurements
-from layerwatch_server.store.series import find_tensor_id
+from layerwatch_server.store.runs import require_tensor_id
 from layerwatch_server.views.base import View, ViewData, no_data
 from layerwatch_server.views.distributions import StepRangeParams
 
@@ -69,7 +69,7 @@ def _tensors(session: Session, run_id: str, params: WeightChangeParams,
              notes: list[str]) -> list[tuple[str, int]]:  # fmt: skip
     if params.tensor:
         names = list(dict.fromkeys(params.tensor))
-        return [(name, find_tensor_id(session, run_id, name, "weight")) for name in names]
+        return [(name, require_tensor_id(session, run_id, name, "weight")) for name in names]
     tensors = measurements.list_tensor_ids(session, run_id, kind="weight", table=SqlWeightChange)
     if not params.bias:
         kept = [(name, i) for name, i in tensors if not name.endswith(".bias")]

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from layerwatch import wire
-from layerwatch_server.api.routes.series import RunId, Step
+from layerwatch_server.api.params import AnyRank, RunId, Step
 from layerwatch_server.db import managed_session
 from layerwatch_server.store.export import ExportPlan, Table, iter_csv, plan_export, write_npz
 
@@ -45,7 +45,6 @@ def _plan(
 Kind = Annotated[wire.Kind | None, Query(description="Only tensors of this kind.")]
 Tensors = Annotated[Names, Query(description="Only these tensors (repeat).")]
 Scalars = Annotated[Names, Query(description="Only these scalars (repeat).")]
-Rank = Annotated[int | None, Query(ge=0, le=2**31 - 1)]
 
 
 @router.get(
@@ -62,7 +61,7 @@ def export_csv(
     name: Scalars = None,
     start: Step = None,
     end: Step = None,
-    rank: Annotated[Rank, Query(description="Only this rank; every rank when omitted.")] = None,
+    rank: Annotated[AnyRank, Query(description="Only this rank; every rank when omitted.")] = None,
 ) -> StreamingResponse:
     """One table of a run in long format (one row per record), streamed as CSV."""
     plan = _plan(request, run_id, kind, tensor, name, start, end, rank)
@@ -89,7 +88,7 @@ def export_npz(
     name: Scalars = None,
     start: Step = None,
     end: Step = None,
-    rank: Annotated[Rank, Query(description="The rank to export (default 0).")] = None,
+    rank: Annotated[AnyRank, Query(description="The rank to export (default 0).")] = None,
 ) -> Response:
     """Every series of a run: statistics, scalars, weight changes, unit means, histograms."""
     plan = _plan(request, run_id, kind, tensor, name, start, end, rank)

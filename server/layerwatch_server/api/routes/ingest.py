@@ -3,65 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import zlib
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from layerwatch import wire
 from layerwatch_server import store
+from layerwatch_server.api.body import json_body, read_body
 from layerwatch_server.api.deps import SettingsDep, WriteSessionsDep
+from layerwatch_server.api.params import RunId
 from layerwatch_server.db import managed_session
-from layerwatch_server.errors import InvalidQuery, PayloadTooLarge, UnsupportedEncoding
 
 router = APIRouter(tags=["ingest"])
-
-_BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "A `Batch` as JSON, optionally with `Content-Encoding: gzip`.",
-        "content": {"application/json": {"schema": wire.Batch.model_json_schema()}},
-    }
-}
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "gzip":
-        return _gunzip(body, limit)
-    if encoding not in ("identity", ""):
-        raise UnsupportedEncoding(f"unsupported Content-Encoding `{encoding}`; use gzip or none")
-    return body
-
-
-def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise InvalidQuery(f"body is not valid gzip: {error}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body exceeds the {limit}-byte limit")
-    return data
 
 
 @router.post(
     "/runs/{run_id}/batches",
     response_model=wire.BatchReceipt,
-    openapi_extra=_BATCH_BODY,
+    openapi_extra=json_body(wire.Batch),
     responses={
         404: {"description": "No such run"},
         409: {"description": "The batch contradicts stored data"},
@@ -72,7 +31,7 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     },
 )
 async def ingest_batch(
-    run_id: Annotated[str, Path(max_length=64)],
+    run_id: RunId,
     request: Request,
     sessions: WriteSessionsDep,
     settings: SettingsDep,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SessionDep
-from layerwatch_server.api.routes.series import Limit, Rank, RunId, Step, TensorName
+from layerwatch_server.api.params import AnyRank, Limit, PageLimit, Rank, RunId, Step, TensorName
 from layerwatch_server.schemas import ModelTreesPublic, UnitMeansPublic, WeightChangesPublic
 
 router = APIRouter(tags=["layers"])
@@ -25,7 +23,7 @@ def get_unit_means(
     start: Step = None,
     end: Step = None,
     after_step: Step = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    limit: PageLimit = 1000,
 ) -> UnitMeansPublic:
     """Per-unit means of one activation over steps (one row of units per step), paged."""
     return store.get_unit_means(
@@ -56,7 +54,7 @@ def get_weight_changes(
 def get_model_trees(
     session: SessionDep,
     run_id: RunId,
-    rank: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+    rank: AnyRank = None,
 ) -> ModelTreesPublic:
     """The module tree of each watched model: paths, types, parameter counts, shapes."""
     return store.get_model_trees(session, run_id, rank=rank)

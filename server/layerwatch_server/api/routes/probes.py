@@ -9,27 +9,19 @@ from fastapi.concurrency import run_in_threadpool
 
 from layerwatch import wire
 from layerwatch_server import store
+from layerwatch_server.api.body import json_body, read_body
 from layerwatch_server.api.deps import SessionDep, SettingsDep, WriteSessionsDep
-from layerwatch_server.api.routes.ingest import read_body
-from layerwatch_server.api.routes.series import Rank, RunId
+from layerwatch_server.api.params import Rank, RunId
 from layerwatch_server.db import managed_session
 from layerwatch_server.schemas import ProbesPublic
 
 router = APIRouter(tags=["probes"])
 
-_PROBE_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "A `Probe` as JSON, optionally with `Content-Encoding: gzip`.",
-        "content": {"application/json": {"schema": wire.Probe.model_json_schema()}},
-    }
-}
-
 
 @router.post(
     "/runs/{run_id}/probes",
     response_model=wire.ProbeReceipt,
-    openapi_extra=_PROBE_BODY,
+    openapi_extra=json_body(wire.Probe),
     responses={
         404: {"description": "No such run"},
         409: {"description": "The probe contradicts the one stored for its step"},

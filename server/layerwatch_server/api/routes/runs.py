@@ -9,12 +9,11 @@ from fastapi import APIRouter, Path, Query, Response, status
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SessionDep, WriteSessionDep
+from layerwatch_server.api.params import ListLimit, Offset, RunId
 from layerwatch_server.schemas import ProjectsPublic, RunPublic, RunsPublic, TensorsPublic
 from layerwatch_server.store.run_filters import parse_config_filters
 
 router = APIRouter(tags=["runs"])
-
-RunId = Annotated[str, Path(max_length=64, description="The run's id.")]
 
 
 @router.get("/projects", response_model=ProjectsPublic)
@@ -27,8 +26,8 @@ def list_projects(session: SessionDep) -> ProjectsPublic:
 def list_project_runs(
     session: SessionDep,
     project: Annotated[str, Path(max_length=wire.MAX_NAME_LENGTH)],
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
+    limit: ListLimit = 100,
 ) -> RunsPublic:
     """List the runs of one project, newest first."""
     return store.list_runs(session, project=project, offset=offset, limit=limit)
@@ -51,8 +50,8 @@ def list_runs(
             "not JSON is a string."
         ),
     ] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
+    limit: ListLimit = 100,
 ) -> RunsPublic:
     """List runs newest first, optionally of one project, status, tag, name or config values."""
     return store.list_runs(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter
 
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SessionDep
-from layerwatch_server.downsample import MIN_POINTS
+from layerwatch_server.api.params import Limit, MaxPoints, PageLimit, Rank, RunId, Step, TensorName
 from layerwatch_server.schemas import (
     HistogramsPublic,
     ScalarNamesPublic,
@@ -18,17 +16,6 @@ from layerwatch_server.schemas import (
 )
 
 router = APIRouter(tags=["series"])
-
-RunId = Annotated[str, Path(max_length=64)]
-TensorName = Annotated[str, Query(min_length=1, max_length=wire.MAX_NAME_LENGTH)]
-# Bounded like the stored columns: a larger int cannot even be bound on SQLite.
-Step = Annotated[int | None, Query(ge=0, le=wire.MAX_INT64)]
-Rank = Annotated[int, Query(ge=0, le=2**31 - 1)]
-MaxPoints = Annotated[
-    int | None,
-    Query(ge=MIN_POINTS, le=100_000, description="Downsample to at most this many points."),
-]
-Limit = Annotated[int, Query(ge=1, le=100_000, description="Page size at full resolution.")]
 
 
 @router.get("/runs/{run_id}/series", response_model=SeriesPublic)
@@ -72,7 +59,7 @@ def get_histograms(
     start: Step = None,
     end: Step = None,
     after_step: Step = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    limit: PageLimit = 1000,
 ) -> HistogramsPublic:
     """Histograms of one tensor at one step, or over a step range."""
     return store.get_histograms(

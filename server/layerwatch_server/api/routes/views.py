@@ -14,16 +14,16 @@ import hashlib
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import create_model
 
 from layerwatch_server import store
+from layerwatch_server.api.params import RunId
 from layerwatch_server.db import managed_session
 from layerwatch_server.views import VIEWS, ImageParams, View, ViewData, render_png
 
 router = APIRouter(tags=["plots"])
 
-RunId = Annotated[str, Path(max_length=64)]
 FINISHED_MAX_AGE = 3600
 DOWNSAMPLED = "X-Layerwatch-Downsampled"
 _RESPONSES: dict[int | str, dict[str, Any]] = {

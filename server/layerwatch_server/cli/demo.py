@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
+from layerwatch_server.cli.serving import serve_in_thread
 from layerwatch_server.config import Settings
 from layerwatch_server.main import create_app
-from layerwatch_server.serving import serve_in_thread
 
 PROJECT = "demo"
 

@@ -72,7 +72,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from layerwatch_server.demo import run_demo
+    from layerwatch_server.cli.demo import run_demo
 
     return run_demo(out=args.out, epochs=args.epochs, port=args.port, serve=args.serve)
 
@@ -148,7 +148,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

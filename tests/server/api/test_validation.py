@@ -1,8 +1,8 @@
-"""Everything the server refuses: a 4xx naming the problem, and nothing stored.
+"""Everything the server refuses in a batch, a run or a query: a 4xx naming the problem, and
+nothing stored.
 
 Each refused batch is otherwise valid and full of good rows, so "nothing
-stored" shows the whole batch was refused, not just its bad part.
-"""
+stored" shows the whole batch was refused, not just its bad part."""
 
 from __future__ import annotations
 
@@ -11,22 +11,29 @@ import copy
 import gzip
 import itertools
 import json
-import socket
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from batches import histogram, make_batch, new_id, sample_batch, scalars_block, stats_block
+from batches import (
+    Doc,
+    assert_nothing_stored,
+    create_run,
+    histogram,
+    make_batch,
+    new_id,
+    scalars_block,
+    stats_block,
+    valid_doc,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from layerwatch import wire
-from layerwatch_server.config import Settings
 from layerwatch_server.models import (
     SqlHistogram,
     SqlModule,
@@ -39,16 +46,6 @@ from layerwatch_server.models import (
     SqlUnitMean,
     SqlWeightChange,
 )
-
-Doc = dict[str, Any]
-
-
-def valid_doc() -> Doc:
-    """A valid batch as the JSON document a client would send."""
-    doc: Doc = json.loads(sample_batch().model_dump_json())
-    doc["histograms"].append(histogram("fc1", 1, [1, 2, 3], edges=[0.0, 1.0, 2.0, 3.0]))
-    doc["scalars"][0]["times"] = [1.0, 2.0, 3.0]
-    return doc
 
 
 def valid_probe() -> Doc:
@@ -74,24 +71,10 @@ def valid_probe() -> Doc:
     }  # fmt: skip
 
 
-def create_run(api: httpx.Client) -> str:
-    run_id = new_id("r")
-    api.post("/runs", json={"id": run_id, "project": new_id("p")}).raise_for_status()
-    return run_id
-
-
-def assert_nothing_stored(api: httpx.Client, run_id: str) -> None:
-    assert api.get(f"/runs/{run_id}/tensors").json()["count"] == 0
-    assert api.get(f"/runs/{run_id}/scalars").json()["count"] == 0
-
-
 def test_the_valid_document_is_accepted(api: httpx.Client) -> None:
     run_id = create_run(api)
     response = api.post(f"/runs/{run_id}/batches", json=valid_doc())
     assert response.status_code == 200, response.text
-
-
-# -- batches ---------------------------------------------------------------------------
 
 
 def _set(path: str, value: Any) -> Callable[[Doc], None]:
@@ -223,34 +206,6 @@ def test_validation_errors_point_at_the_field(api: httpx.Client) -> None:
     assert "greater than or equal to 0" in detail[0]["msg"]
 
 
-GZIP = {"Content-Encoding": "gzip"}
-BAD_BODIES: dict[str, tuple[bytes, dict[str, str], int, str]] = {
-    "invalid JSON": (b'{"batch_id": "b1", "stats": [}', {}, 422, "json"),
-    "truncated JSON": (json.dumps(valid_doc()).encode()[:-5], {}, 422, "json"),
-    "empty body": (b"", {}, 422, "json"),
-    "a JSON list": (b"[1, 2, 3]", {}, 422, "object"),
-    "not UTF-8": (b'{"batch_id": "\xff\xfe"}', {}, 422, "json"),
-    "gzip that is not gzip": (b"plain text", GZIP, 422, "gzip"),
-    "cut-off gzip": (gzip.compress(json.dumps(valid_doc()).encode())[:40], GZIP, 422, "json"),
-    "brotli": (b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
-    "gzip twice": (b"{}", {"Content-Encoding": "gzip, gzip"}, 415, "Content-Encoding"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", list(BAD_BODIES))
-def test_unreadable_body_is_refused(api: httpx.Client, case: str) -> None:
-    content, headers, status, word = BAD_BODIES[case]
-    run_id = create_run(api)
-
-    response = api.post(f"/runs/{run_id}/batches", content=content, headers=headers)
-
-    assert response.status_code == status, response.text
-    assert word.lower() in response.text.lower()
-    assert_nothing_stored(api, run_id)
-
-
-# -- runs ------------------------------------------------------------------------------
-
 BAD_RUNS: dict[str, tuple[bytes, str]] = {
     "NaN in config": (b'{"config": {"lr": NaN}}', "config"),
     "lone surrogate in config": (b'{"config": {"opt": ["adam", "\\ud800"]}}', "config"),
@@ -283,8 +238,6 @@ def test_invalid_run_is_refused(api: httpx.Client, case: str) -> None:
     assert named in response.text
     assert counts() == before
 
-
-# -- queries ---------------------------------------------------------------------------
 
 BAD_QUERIES: dict[str, tuple[str, dict[str, Any], str]] = {
     "max_points below 4": ("series", {"tensor": "fc1", "max_points": 3}, "max_points"),
@@ -321,98 +274,10 @@ def test_invalid_query_is_refused(api: httpx.Client, case: str) -> None:
     assert named in response.text
 
 
-# -- body size -------------------------------------------------------------------------
-
-CAP = 4096
-
-
-@pytest.fixture(scope="module")
-def small_server(
-    database_url: str, serve: Callable[[Settings], AbstractContextManager[str]]
-) -> Iterator[str]:
-    """A server on the shared database that takes bodies of at most CAP bytes."""
-    with serve(Settings(database_url=database_url, max_body_bytes=CAP)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def small_api(small_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{small_server}/api/v1", timeout=10) as client:
-        yield client
-
-
-def test_a_body_within_the_cap_is_accepted(small_api: httpx.Client) -> None:
-    run_id = create_run(small_api)
-    content = json.dumps(valid_doc()).encode()
-    assert len(content) < CAP
-    assert small_api.post(f"/runs/{run_id}/batches", content=content).status_code == 200
-
-
-def test_declared_length_over_the_cap_is_refused_before_the_body(
-    small_server: str, small_api: httpx.Client
-) -> None:
-    run_id = create_run(small_api)
-    host, port = small_server.removeprefix("http://").split(":")
-    head = (
-        f"POST /api/v1/runs/{run_id}/batches HTTP/1.1\r\n"
-        f"Host: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {100 * CAP}\r\n\r\n"
-    )
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(head.encode())  # and not a byte of the body: the answer must not wait
-        reply = sock.recv(65536)
-
-    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
-    assert b"limit" in reply
-    assert_nothing_stored(small_api, run_id)
-
-
-def test_chunked_body_over_the_cap_is_refused(small_api: httpx.Client) -> None:
-    run_id = create_run(small_api)
-    doc = valid_doc()
-    doc["stats"] = [stats_block(f"layer{i}", range(20)) for i in range(20)]
-    content = json.dumps(doc).encode()
-    assert len(content) > 4 * CAP
-
-    def chunks() -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding: chunked
-        for start in range(0, len(content), 1000):
-            yield content[start : start + 1000]
-
-    response = small_api.post(f"/runs/{run_id}/batches", content=chunks())
-
-    assert response.request.headers.get("transfer-encoding") == "chunked"
-    assert "content-length" not in response.request.headers
-    assert response.status_code == 413, response.text
-    assert_nothing_stored(small_api, run_id)
-
-
-def test_gzip_bomb_is_refused(small_api: httpx.Client) -> None:
-    run_id = create_run(small_api)
-    bomb = gzip.compress(json.dumps(valid_doc()).encode() + b" " * 2_000_000)
-    assert len(bomb) < CAP
-
-    response = small_api.post(
-        f"/runs/{run_id}/batches", content=bomb, headers={"Content-Encoding": "gzip"}
-    )
-
-    assert response.status_code == 413, response.text
-    assert "decompressed" in response.text
-    assert_nothing_stored(small_api, run_id)
-
-
-def test_gzip_within_the_cap_is_accepted(small_api: httpx.Client) -> None:
-    run_id = create_run(small_api)
-    content = gzip.compress(json.dumps(valid_doc()).encode())
-    response = small_api.post(
-        f"/runs/{run_id}/batches", content=content, headers={"Content-Encoding": "gzip"}
-    )
-    assert response.status_code == 200, response.text
-
-
-# -- fuzzing ---------------------------------------------------------------------------
-
 # Any text, control characters and lone surrogates (JSON's "\\ud800") included.
 any_text = st.text(st.characters(categories=["L", "N", "P", "Zs", "Cc", "Cs"]), max_size=12)
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -468,6 +333,8 @@ def mutated_docs(draw: st.DrawFn, base: Doc) -> Doc:
 
 
 floats = st.floats() | st.sampled_from([0.0, 1.0, -1.0])
+
+
 few_steps = st.lists(st.integers(0, 6), min_size=1, max_size=4, unique=True)
 
 

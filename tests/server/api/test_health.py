@@ -1,0 +1,30 @@
+"""Liveness, readiness and the API docs of a real server, over TCP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import httpx
+
+
+def test_health_and_readiness(live_server: str, backend: str) -> None:
+    with httpx.Client(base_url=live_server) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        ready = http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "status": "ok",
+            "database": "sqlite" if backend == "sqlite" else "postgresql",
+        }
+
+
+def test_docs_and_openapi_render(live_server: str) -> None:
+    with httpx.Client(base_url=live_server) as http:
+        docs = http.get("/docs")
+        assert docs.status_code == 200
+        assert "text/html" in docs.headers["content-type"]
+        assert "swagger" in docs.text.lower()
+        spec = http.get("/openapi.json").raise_for_status().json()
+    assert spec["info"]["title"] == "layerwatch"
+    ingest = spec["paths"]["/api/v1/runs/{run_id}/batches"]["post"]
+    schema = ingest["requestBody"]["content"]["application/json"]["schema"]
+    assert "batch_id" in schema["properties"]
+    assert {"/api/v1/runs", "/api/v1/runs/{run_id}/plots/series.png"} <= set(spec["paths"])
