@@ -3,8 +3,8 @@
 Packed fields are base64 (pydantic decodes that) of little-endian values in C
 order: float16 probe features and feature maps, int32 labels, predictions and
 attribution targets, float32 attributions and unit means, uint32 histogram counts.
-The server has its own codec for what it stores (`layerwatch_server.codec`); a
-test checks that each decodes what the other packs.
+The server has its own codec for what it stores (`layerwatch_server.store.codec`);
+a test checks that each decodes what the other packs.
 """
 
 from __future__ import annotations
