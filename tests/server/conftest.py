@@ -24,7 +24,8 @@ import layerwatch
 def _train(server: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> str:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with layerwatch.Run(server, project="gallery", name=name) as run:
-        run.watch(model, optimizer, every=5, probe=(x[-200:], y[-200:]), probe_attributions=4)
+        probe = layerwatch.Probe(x[-200:], y[-200:], attributions=4)
+        run.watch(model, optimizer, every=5, probe=probe)
         for _epoch in range(4):
             for i in range(25):
                 xb, yb = x[i * 48 : (i + 1) * 48], y[i * 48 : (i + 1) * 48]

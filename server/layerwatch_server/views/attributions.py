@@ -35,9 +35,9 @@ from layerwatch_server.views.probing import DIVERGING, NO_PROBES, caption, class
 MAX_DRAWN = 16
 MAX_IMAGE_SIDE = 128
 NOT_CAPTURED = (
-    "the run's probes have no attributions: pass `probe_attributions=8` (with "
-    "`probe=(inputs, labels)`) to `run.watch(...)` and install the `attribution` extra "
-    "(pip install 'layerwatch[attribution]', which brings Captum)"
+    "the run's probes have no attributions: pass "
+    "`probe=layerwatch.Probe(inputs, labels, attributions=8)` to `run.watch(...)` and install "
+    "the `attribution` extra (pip install 'layerwatch[attribution]', which brings Captum)"
 )
 SampleIndex = Annotated[int, Field(ge=0, le=wire.MAX_ATTRIBUTION_SAMPLES)]
 

@@ -247,7 +247,7 @@ ACTIVATIONS = frozenset(
 
 NO_PROBES = (
     "the run has no probes: pass `probe=(inputs, labels)` to `run.watch(...)` and call "
-    "`run.probe()` (or set `probe_every`)"
+    "`run.probe()` (or pass `probe=layerwatch.Probe(inputs, labels, every=N)`)"
 )
 DIVERGING = colormaps["RdBu_r"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
 """Red above 0, blue below; NaN transparent (over a hatched background where it matters)."""

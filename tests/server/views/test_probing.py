@@ -134,7 +134,7 @@ def test_a_probe_without_extras(api: httpx.Client, hand_run: str) -> None:
 
     attributions = view(api, hand_run, "attributions")
     assert attributions["samples"] == []
-    assert "probe_attributions=" in attributions["notes"][0]
+    assert "attributions=8" in attributions["notes"][0]
     assert "attribution" in attributions["notes"][0]
     maps = view(api, hand_run, "feature-maps")
     assert (maps["maps"], maps["layers_with_maps"]) == ([], [])
