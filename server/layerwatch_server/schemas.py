@@ -49,6 +49,10 @@ class RunPublic(_Public):
     started_at: UtcDatetime
     finished_at: UtcDatetime | None
     updated_at: UtcDatetime
+    last_seen_at: UtcDatetime | None = Field(
+        description="When the run's process last sent data or a heartbeat. A `running` run "
+        "silent for longer than the server's run timeout is reported `crashed`."
+    )
 
 
 class RunsPublic(_Public):

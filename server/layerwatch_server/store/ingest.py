@@ -36,7 +36,7 @@ from layerwatch_server.models import (
     utcnow,
 )
 from layerwatch_server.store import codec
-from layerwatch_server.store.runs import require_run
+from layerwatch_server.store.runs import require_run, touch_run
 
 Row = dict[str, Any]
 Record = tuple[Any, ...]  # one measurement row, in the order of its _*_COLUMNS below
@@ -68,6 +68,7 @@ def ingest_batch(
     different digest is refused rather than silently treated as a replay.
     """
     require_run(session, run_id)
+    touch_run(session, run_id)
     counts = {name: sum(len(block.steps) for block in getattr(batch, name))
               for name in _RECEIPT_COUNTS}  # fmt: skip
     receipt = wire.BatchReceipt(

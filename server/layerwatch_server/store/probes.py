@@ -26,7 +26,7 @@ from layerwatch_server.models import (
 )
 from layerwatch_server.schemas import ProbeLayerSummary, ProbesPublic, ProbeSummary
 from layerwatch_server.store import codec
-from layerwatch_server.store.runs import require_run
+from layerwatch_server.store.runs import require_run, touch_run
 
 _PROBES: Table = SqlProbe.__table__  # type: ignore[assignment]
 
@@ -34,6 +34,7 @@ _PROBES: Table = SqlProbe.__table__  # type: ignore[assignment]
 def ingest_probe(session: Session, run_id: str, probe: wire.Probe) -> wire.ProbeReceipt:
     """Store ``probe`` (or one part of it) for run ``run_id`` in the session's transaction."""
     require_run(session, run_id)
+    touch_run(session, run_id)
     where = f"probe at step {probe.step} (rank {probe.rank})"
     key = (run_id, probe.step, probe.rank)
     # Create the probe row unless it exists, then lock it: parts of one probe

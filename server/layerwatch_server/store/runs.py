@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,19 +72,75 @@ def _project_id(session: Session, name: str) -> int:
         return session.scalars(select(SqlProject.id).where(SqlProject.name == name)).one()
 
 
-def _run_public(run: SqlRun, project: str) -> RunPublic:
-    return RunPublic.model_validate(
-        {
-            **{c: getattr(run, c) for c in RunPublic.model_fields if c != "project"},
-            "project": project,
-        }
+_TOUCH_EVERY = timedelta(seconds=1)  # a run's row is written at most this often for it
+
+
+def touch_run(session: Session, run_id: str) -> None:
+    """Note that the run's process spoke now (data or a heartbeat).
+
+    Writes only when the last note is older than a second, so ranks
+    sending at once rarely wait on the run's row.
+    """
+    now = utcnow()
+    session.execute(
+        update(SqlRun)
+        .where(
+            SqlRun.id == run_id,
+            or_(SqlRun.last_seen_at.is_(None), SqlRun.last_seen_at < now - _TOUCH_EVERY),
+        )
+        .values(last_seen_at=now)
+        .execution_options(synchronize_session=False)
     )
 
 
-def get_run(session: Session, run_id: str) -> RunPublic:
+def heartbeat(session: Session, run_id: str) -> None:
+    """A sign of life from the run's process; raises `RunNotFound` for an unknown run."""
+    require_run(session, run_id)
+    touch_run(session, run_id)
+
+
+def _silent_since(timeout: float | None) -> datetime | None:
+    """Running runs last seen before this are reported crashed."""
+    return None if timeout is None else utcnow() - timedelta(seconds=timeout)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _run_public(run: SqlRun, project: str, silent_since: datetime | None = None) -> RunPublic:
+    fields = {c: getattr(run, c) for c in RunPublic.model_fields if c != "project"}
+    seen = run.last_seen_at
+    if (
+        silent_since is not None
+        and run.status == "running"
+        and seen is not None
+        and _as_utc(seen) < silent_since
+    ):
+        fields["status"] = "crashed"  # until the process speaks again
+    return RunPublic.model_validate({**fields, "project": project})
+
+
+def get_run(session: Session, run_id: str, *, timeout: float | None = None) -> RunPublic:
+    """The run; with `timeout` (seconds), a running run silent that long reads `crashed`."""
     run = require_run(session, run_id)
     project = session.scalars(select(SqlProject.name).where(SqlProject.id == run.project_id))
-    return _run_public(run, project.one())
+    return _run_public(run, project.one(), _silent_since(timeout))
+
+
+def _status_is(status: str, silent_since: datetime | None) -> ColumnElement[bool]:
+    """The runs reported with `status` (see `_run_public`)."""
+    if silent_since is None or status not in ("running", "crashed"):
+        return SqlRun.status == status
+    silent = and_(
+        SqlRun.status == "running",
+        SqlRun.last_seen_at.is_not(None),
+        SqlRun.last_seen_at < silent_since,
+    )
+    if status == "crashed":
+        return or_(SqlRun.status == "crashed", silent)
+    return and_(SqlRun.status == "running", ~silent)
 
 
 def create_or_resume_run(session: Session, spec: wire.RunCreate) -> tuple[RunPublic, bool]:
@@ -127,7 +184,7 @@ def _resume(session: Session, run: SqlRun, spec: wire.RunCreate) -> RunPublic:
     if run.status != "running":
         run.status = "running"
         run.finished_at = None
-    run.updated_at = utcnow()
+    run.updated_at = run.last_seen_at = utcnow()
     session.flush()
     return _run_public(run, project.name)
 
@@ -162,10 +219,12 @@ def list_runs(
     config: Sequence[ConfigFilter] = (),
     offset: int = 0,
     limit: int = 100,
+    timeout: float | None = None,
 ) -> RunsPublic:
     """Runs newest first, optionally of one project, status, tag, name and config values.
 
-    Every filter given must match. Tags and config values are JSON, filtered
+    Every filter given must match. With `timeout` (seconds), a running run silent
+    that long is reported, and filtered, as `crashed`. Tags and config values are JSON, filtered
     portably in Python (see `run_filters`): with either, every run the SQL
     filters leave is read, then counted and paged here.
     """
@@ -174,8 +233,9 @@ def list_runs(
         if session.scalar(select(SqlProject.id).where(SqlProject.name == project)) is None:
             raise ProjectNotFound(f"project `{project}` does not exist")
         query = query.where(SqlProject.name == project)
+    silent_since = _silent_since(timeout)
     if status is not None:
-        query = query.where(SqlRun.status == status)
+        query = query.where(_status_is(status, silent_since))
     if name is not None:
         query = query.where(SqlRun.name == name)
     query = query.order_by(SqlRun.started_at.desc(), SqlRun.id)
@@ -190,7 +250,8 @@ def list_runs(
             and all(match.matches(row[0].config or {}) for match in config)
         ]
         count, page = len(rows), rows[offset : offset + limit]
-    return RunsPublic(data=[_run_public(run, owner) for run, owner in page], count=count)
+    data = [_run_public(run, owner, silent_since) for run, owner in page]
+    return RunsPublic(data=data, count=count)
 
 
 def list_tensors(session: Session, run_id: str, *, kind: str | None = None) -> TensorsPublic:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.api.deps import SessionDep, WriteSessionDep
+from layerwatch_server.api.deps import SessionDep, SettingsDep, WriteSessionDep
 from layerwatch_server.api.params import ListLimit, Offset, RunId
 from layerwatch_server.schemas import ProjectsPublic, RunPublic, RunsPublic, TensorsPublic
 from layerwatch_server.store.run_filters import parse_config_filters
@@ -25,17 +25,22 @@ def list_projects(session: SessionDep) -> ProjectsPublic:
 @router.get("/projects/{project}/runs", response_model=RunsPublic)
 def list_project_runs(
     session: SessionDep,
+    settings: SettingsDep,
     project: Annotated[str, Path(max_length=wire.MAX_NAME_LENGTH)],
     offset: Offset = 0,
     limit: ListLimit = 100,
 ) -> RunsPublic:
     """List the runs of one project, newest first."""
-    return store.list_runs(session, project=project, offset=offset, limit=limit)
+    return store.list_runs(
+        session, project=project, offset=offset, limit=limit,
+        timeout=settings.run_timeout_seconds,
+    )  # fmt: skip
 
 
 @router.get("/runs", response_model=RunsPublic)
 def list_runs(
     session: SessionDep,
+    settings: SettingsDep,
     project: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
     status: Annotated[wire.RunStatus | None, Query()] = None,
     tag: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
@@ -63,6 +68,7 @@ def list_runs(
         config=parse_config_filters(config or []),
         offset=offset,
         limit=limit,
+        timeout=settings.run_timeout_seconds,
     )
 
 
@@ -81,9 +87,16 @@ def create_run(session: WriteSessionDep, spec: wire.RunCreate, response: Respons
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
-def get_run(session: SessionDep, run_id: RunId) -> RunPublic:
-    """Get one run."""
-    return store.get_run(session, run_id)
+def get_run(session: SessionDep, settings: SettingsDep, run_id: RunId) -> RunPublic:
+    """Get one run; a running run silent for `LAYERWATCH_RUN_TIMEOUT_SECONDS` reads `crashed`."""
+    return store.get_run(session, run_id, timeout=settings.run_timeout_seconds)
+
+
+@router.post("/runs/{run_id}/heartbeat", status_code=status.HTTP_204_NO_CONTENT)
+def heartbeat(session: WriteSessionDep, run_id: RunId) -> Response:
+    """Say that the run's process is alive; clients send it when they have nothing else to."""
+    store.heartbeat(session, run_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.patch("/runs/{run_id}", response_model=RunPublic)
