@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from layerwatch import wire
+from layerwatch.delivery.spool import disk
 from layerwatch.delivery.spool.base import Outgoing
 from layerwatch.delivery.spool.disk import DiskSpool, open_run_spool
 from layerwatch.delivery.spool.files import read_spool_info, resolve_spool_root
@@ -253,3 +254,26 @@ def test_resolve_spool_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert resolve_spool_root("~/x") == Path.home() / "x"
     with pytest.raises(ConfigError):
         resolve_spool_root(3)
+
+
+def test_a_full_disk_keeps_batches_in_memory_and_loses_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = DiskSpool(tmp_path / "run")
+    spool.push(outgoing(1))
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(disk.os, "write", full)
+    with caplog.at_level(logging.ERROR, logger="layerwatch"):
+        for seq in (2, 3, 4):
+            assert spool.push(outgoing(seq)) == []
+    assert len([r for r in caplog.records if "cannot write the spool" in r.getMessage()]) == 1
+    assert len(spool) == 4
+    assert spool.spooled == 2  # only the first batch reached the disk
+    monkeypatch.setattr(disk.os, "write", real_write)
+    spool.push(outgoing(5))  # space again
+    assert drain(spool) == ["b1", "b2", "b3", "b4", "b5"]  # in order, none lost
+    spool.close()
