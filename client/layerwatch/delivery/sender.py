@@ -82,7 +82,11 @@ class Sender:
         self._stop_status: wire.RunStatus | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         # Below: touched only by the sender thread.
-        self._run_state: Literal["new", "created", "refused"] = "created" if run_exists else "new"
+        # "denied": the server refused our token (401/403): nothing more is sent, the
+        # spool keeps everything for a `layerwatch sync` with the right token.
+        self._run_state: Literal["new", "created", "refused", "denied"] = (
+            "created" if run_exists else "new"
+        )
         self._missing = False  # the run was created again after a 404 for the oldest batch
         self._unreachable = False  # the last failure had no answer: ask /readyz first
         self._last_contact = time.monotonic()
@@ -134,6 +138,8 @@ class Sender:
                 self._create_run()
             if self._run_state == "refused":  # nothing can ever be delivered
                 outbox.give_up_all()
+            elif self._run_state == "denied":
+                outbox.work.wait(_IDLE_WAIT)
             elif self._run_state == "created" and not self._send_one():
                 self._heartbeat(now)
                 beat = self._last_contact + self._heartbeat_secs - time.monotonic()
@@ -160,6 +166,8 @@ class Sender:
         try:
             self._request("POST", f"{self._run_url}/probes", pending.json())
         except RejectedError as exc:
+            if self._denied(exc):
+                return True
             if isinstance(exc, PayloadTooLargeError) and self._outbox.probes.split(pending):
                 return True
             self._log_once(f"probe {exc.status_code}", logging.WARNING, f"probe refused: {exc}")
@@ -170,6 +178,8 @@ class Sender:
         return True
 
     def _refused(self, exc: RejectedError) -> None:
+        if self._denied(exc):
+            return
         if isinstance(exc, PayloadTooLargeError) and self._outbox.split_oldest():
             return
         if isinstance(exc, RunNotFoundError):
@@ -185,6 +195,8 @@ class Sender:
         try:
             self._request("POST", self._runs_url, self._run.model_dump_json().encode())
         except RejectedError as exc:
+            if self._denied(exc):
+                return
             self._run_state = "refused"
             logger.error("layerwatch: server refused to create run %s: %s", self._run.id, exc)
             return
@@ -199,8 +211,28 @@ class Sender:
         except RunNotFoundError:
             self._run_state = "new"
         except RejectedError as exc:  # e.g. a server without heartbeats: stay quiet
+            if self._denied(exc):
+                return
             self._log_once("heartbeat", logging.DEBUG, f"heartbeat refused: {exc}")
             self._last_contact = now
+
+    def _denied(self, exc: RejectedError) -> bool:
+        """A 401 or 403 is permanent: stop sending, keep everything, say so once."""
+        if exc.status_code not in (401, 403):
+            return False
+        self._run_state = "denied"
+        where = getattr(self._outbox.spool, "directory", None)
+        kept = (
+            f"unsent data stays in {where}; `LAYERWATCH_TOKEN=<a token with write access> "
+            "layerwatch sync` delivers it"
+            if where is not None
+            else "unsent data is kept in memory only and is lost at exit"
+        )
+        logger.error(
+            "layerwatch: %s refused the token for run %s (%s %s); nothing more is sent; %s",
+            self._server, self._run.id, exc.status_code, exc.code or "", kept,
+        )  # fmt: skip
+        return True
 
     def _ask_ready(self) -> None:
         """Ask the unreachable server whether it is back: cheap, and a hung server costs

@@ -21,6 +21,7 @@ from layerwatch.delivery.pipeline import Delivery
 from layerwatch.delivery.queue import Buffer
 from layerwatch.delivery.spool.base import Outgoing
 from layerwatch.delivery.spool.disk import DiskSpool
+from layerwatch.delivery.sync import sync_spools
 from layerwatch.errors import SpoolLockedError
 
 if TYPE_CHECKING:
@@ -431,3 +432,37 @@ def test_a_heartbeat_for_a_lost_run_creates_it_again(server: FakeServer) -> None
         delivery.stop("finished", 5)
     assert list(server.runs) == ["lost"]
     assert server.statuses == {"lost": "finished"}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_token_stops_sending_and_keeps_everything_for_sync(
+    server: FakeServer,
+    make_run: MakeRun,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    run = make_run(spool_dir=tmp_path, batch_size=2)
+    assert run.flush(5)
+    code = "unauthorized" if status == 401 else "forbidden"
+    denied = httpx.Response(status, json={"detail": "no", "code": code})
+    server.fail("batches", *[denied] * 50)
+    with caplog.at_level(logging.ERROR, logger="layerwatch"):
+        for step in range(6):
+            run.log({"loss": float(step)}, step=step)  # training goes on, nothing raises
+        assert not run.flush(0.5)
+        time.sleep(0.3)
+    posts = len(server.batch_posts())
+    assert posts == 1  # asked once, then it stopped
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert f"refused the token for run {run.id} ({status} {code})" in errors[0]
+    assert "layerwatch sync" in errors[0]
+    run.finish(timeout=1)
+    assert run.counters.dropped == 0
+    assert run.counters.spooled == 6
+    assert server.scalars() == {}
+    server.failures["batches"].clear()  # the right token now
+    assert sync_spools(tmp_path, http=server.client(), echo=lambda line: None) == 0
+    assert server.scalars() == {"loss": {step: float(step) for step in range(6)}}
+    assert server.statuses == {run.id: "finished"}
