@@ -110,6 +110,9 @@ class Authorize:
         needed = self.scope or scope_for_method(request.method)
         if not access.allows(needed):
             raise Forbidden(f"this token's scope is `{access.scope}`; this needs `{needed}`")
+        if needed == "admin" and access.projects is not None:
+            # Token management with a token of some projects would make tokens of all.
+            raise Forbidden("this needs an admin token of every project")
         if needed == "write" and access.token_id is not None:
             _limit_rate(request, access.token_id)
         if access.projects is not None:
