@@ -23,7 +23,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from layerwatch_server.api.auth import AUTHORIZE, AUTHORIZE_ADMIN
+from layerwatch_server.api.auth import AUTHORIZE, AUTHORIZE_ADMIN, is_authenticated
 from layerwatch_server.api.routes import (
     export,
     health,
@@ -39,7 +39,13 @@ from layerwatch_server.auth.hosts import HostAllowlist
 from layerwatch_server.auth.rate_limit import TokenBuckets
 from layerwatch_server.config import Settings, get_settings
 from layerwatch_server.db import make_engine, make_sessionmakers, managed_session
-from layerwatch_server.errors import UNAVAILABLE, InvalidQuery, LayerwatchError, http_error_code
+from layerwatch_server.errors import (
+    UNAVAILABLE,
+    InvalidQuery,
+    LayerwatchError,
+    Unauthorized,
+    http_error_code,
+)
 from layerwatch_server.migrate import upgrade_database
 
 logger = logging.getLogger("layerwatch_server")
@@ -155,7 +161,13 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _request_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def _request_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        guarded = request.url.path.startswith(API_PREFIX)
+        if guarded and not await run_in_threadpool(is_authenticated, request):
+            refusal = Unauthorized()
+            return error_response(
+                refusal.status_code, refusal.detail, refusal.code, refusal.headers
+            )
         return error_response(422, _clean_errors(error.errors()), InvalidQuery.code)
 
     @app.exception_handler(ValidationError)

@@ -96,6 +96,21 @@ def _touch(sessions: sessionmaker[Session], token_id: int) -> None:
 AccessDep = Annotated[Access, Depends(authenticate)]
 
 
+def is_authenticated(request: Request) -> bool:
+    """Whether the request carries a live token (or the server is open), outside a route.
+
+    FastAPI parses a JSON body before it runs any dependency: a body that is
+    not JSON is refused before `Authorize` could refuse the caller. The
+    handler of that refusal asks this first, so the caller without a token
+    still hears 401, not what the route expects.
+    """
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    with managed_session(request.app.state.read_sessions) as session:
+        if _server_is_open(request, session):
+            return True
+        return scheme.lower() == "bearer" and tokens.find_token(session, secret.strip()) is not None
+
+
 class Authorize:
     """The dependency on every API route: a token whose scope and projects allow the request.
 

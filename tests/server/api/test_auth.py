@@ -150,6 +150,22 @@ def test_every_refused_identity_gets_the_same_401(world: World, live_server: str
     assert json.loads(answers.pop()[0])["code"] == "unauthorized"
 
 
+@pytest.mark.parametrize("caller", DENIED)
+def test_a_body_that_is_not_json_is_still_refused_for_want_of_a_token(
+    caller: str, world: World, live_server: str
+) -> None:
+    with httpx.Client(base_url=f"{live_server}/api/v1", headers=world.headers[caller]) as client:
+        for method, path in (("POST", "/runs"), ("PATCH", f"/runs/{world.run_id}"),
+                             ("POST", "/tokens")):  # fmt: skip
+            response = client.request(
+                method, path, content=b"{", headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.headers["WWW-Authenticate"] == 'Bearer realm="layerwatch"'
+    with httpx.Client(base_url=f"{live_server}/api/v1", headers=world.headers["write"]) as client:
+        assert client.post("/runs", content=b"{").status_code == 422
+
+
 def test_another_projects_run_looks_like_no_run(world: World, live_server: str) -> None:
     with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10) as client:
         hidden = client.get(f"/runs/{world.run_id}", headers=world.headers["other project"])
