@@ -356,7 +356,8 @@ def count_rows(url: str, table: Table) -> int:
 def serve(url: str, directory: Path, timeout: float = 60.0) -> Iterator[str]:
     """A uvicorn server process on ``url``'s database; yields its base URL once ready."""
     port = free_port()
-    env = {**os.environ, "LAYERWATCH_DATABASE_URL": url, "LAYERWATCH_DATA_DIR": str(directory)}
+    env = {**os.environ, "LAYERWATCH_DATABASE_URL": url, "LAYERWATCH_DATA_DIR": str(directory),
+           "LAYERWATCH_ALLOW_OPEN": "1"}  # fmt: skip  # on 127.0.0.1, without tokens: open
     log_path = directory / f"server-{port}.log"
     command = [
         sys.executable, "-m", "uvicorn", "--factory", "layerwatch_server.main:create_app",

@@ -17,7 +17,14 @@ fixture                scope      what it gives
 ``live_server``        session    base URL of a real uvicorn server on ``database_url``
 ``api``                session    an ``httpx.Client`` on ``live_server``'s ``/api/v1``
 ``serve``              session    ``with serve(Settings(...)) as url:`` more servers
+``suite_token``        session    the secret of the admin token every test database has
 =====================  =========  ==================================================
+
+Authentication is on in every server the tests start, as in production: each
+database made by ``database_url`` holds the admin token ``SUITE_TOKEN`` (a fresh
+secret per test session), ``LAYERWATCH_TOKEN`` is set to it for every test (so
+``layerwatch.Run``, ``Api`` and ``sync`` send it), and ``api`` sends it too.
+Tests of authentication itself make tokens of their own.
 
 Tests sharing a database keep out of each other's way with their own run ids
 and project names (``uuid``), or through the rolled-back ``session``.
@@ -46,11 +53,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from auth_headers import SUITE_TOKEN
 from layerwatch_server.cli.serving import serve_in_thread
 from layerwatch_server.config import Settings
-from layerwatch_server.db import make_engine
+from layerwatch_server.db import make_engine, make_sessionmakers, managed_session
 from layerwatch_server.main import create_app
 from layerwatch_server.migrate import upgrade_database
+from layerwatch_server.store.tokens import create_token
 
 POSTGRES_URL_ENV = "LAYERWATCH_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -67,6 +76,29 @@ def spool_root(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     root = tmp_path_factory.mktemp("spool")
     monkeypatch.setenv("LAYERWATCH_SPOOL_DIR", str(root))
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_token_in_environment() -> Iterator[None]:
+    """Every client the tests make sends the suite's admin token, as a user's would.
+
+    Session-wide, so that session fixtures training real runs send it too.
+    """
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("LAYERWATCH_TOKEN", SUITE_TOKEN)
+        yield
+
+
+@pytest.fixture(scope="session")
+def suite_token() -> str:
+    return SUITE_TOKEN
+
+
+def add_suite_token(engine: Engine) -> None:
+    """Give a migrated database the suite's admin token."""
+    _, write = make_sessionmakers(engine)
+    with managed_session(write) as session:
+        create_token(session, name="suite-admin", scope="admin", secret=SUITE_TOKEN)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------
@@ -171,6 +203,7 @@ def database_url(
     engine = make_engine(url)
     try:
         upgrade_database(engine)
+        add_suite_token(engine)
     finally:
         engine.dispose()
     yield url
@@ -240,5 +273,6 @@ def live_server(database_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def api(live_server: str) -> Iterator[httpx.Client]:
     """An ``httpx.Client`` with ``base_url`` ``<live_server>/api/v1``, shared by the session."""
-    with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10) as client:
+    headers = {"Authorization": f"Bearer {SUITE_TOKEN}"}
+    with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10, headers=headers) as client:
         yield client

@@ -17,6 +17,7 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 import layerwatch  # noqa: E402
+from auth_headers import auth_headers  # noqa: E402
 
 STEPS = 6
 WORLD = 2
@@ -61,7 +62,7 @@ def test_two_ranks_write_one_run(live_server: str) -> None:
         _worker, args=(_free_port(), live_server, run_id), nprocs=WORLD, start_method="spawn"
     )
     base = f"{live_server}/api/v1/runs/{run_id}"
-    with httpx.Client(timeout=30) as http:
+    with httpx.Client(headers=auth_headers(), timeout=30) as http:
 
         def series(tensor: str, kind: str, rank: int) -> dict[int, float]:
             params = {"tensor": tensor, "kind": kind, "stat": "mean", "rank": rank}

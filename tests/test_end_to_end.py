@@ -17,6 +17,7 @@ from sklearn.datasets import load_iris  # noqa: E402
 from torch import nn  # noqa: E402
 
 import layerwatch  # noqa: E402
+from auth_headers import auth_headers  # noqa: E402
 from layerwatch import wire  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -63,7 +64,7 @@ def test_training_run_is_stored_queried_and_plotted(live_server: str) -> None:
     total_steps = 20
     captured = [k for k in range(total_steps) if k % 3 == 0]
     base = f"{live_server}/api/v1/runs/{run_id}"
-    with httpx.Client(timeout=30) as http:
+    with httpx.Client(headers=auth_headers(), timeout=30) as http:
         run = http.get(base).raise_for_status().json()
         assert run["status"] == "finished"
         assert run["config"] == {"lr": 0.1}

@@ -13,6 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from auth_headers import auth_headers
+
 # The child trains with the real client against a port nobody listens on, lets
 # the sender seal what is queued onto disk (a flush that cannot succeed), then is
 # killed before it can finish the run.
@@ -118,7 +120,7 @@ def test_sync_delivers_the_spool_of_a_killed_process(
     assert len(stored["stats"]) + len(stored["scalars"]) + 1 + len(stored["probes"]) == int(spooled)
     batch_ids = [row[0] for row in stored["batches"]]
     assert len(batch_ids) == len(set(batch_ids))
-    with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10) as api:
+    with httpx.Client(headers=auth_headers(), base_url=f"{live_server}/api/v1", timeout=10) as api:
         run = api.get(f"/runs/{run_id}").raise_for_status().json()
         assert run["project"] == "sync-e2e"
         assert run["status"] == "running"  # killed: nobody knows how it ended

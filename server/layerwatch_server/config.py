@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Lists come from the environment comma-separated: LAYERWATCH_ALLOWED_HOSTS=a.example,b.example
+CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -33,6 +37,34 @@ class Settings(BaseSettings):
     run_timeout_seconds: float = Field(
         300.0, gt=0, description="A running run silent this long is reported crashed."
     )
+
+    allow_open: bool = Field(
+        False,
+        description="Serve without authentication while no API token exists. `layerwatch "
+        "server` sets it on a loopback bind, or with --insecure; otherwise every route but "
+        "the health checks needs a token.",
+    )
+    allowed_hosts: CommaList = Field(
+        default_factory=lambda: ["*"],
+        description="Host headers answered (`*` any, `*.example.com` subdomains); others get "
+        "400. `layerwatch server` defaults to the loopback names on a loopback bind.",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins that browsers may call the API from; none by default. "
+        "Credentials (cookies) are never allowed: tokens travel in the Authorization header.",
+    )
+    ingest_rate_limit: float = Field(
+        200.0, ge=0, description="Write requests per second per token (0: no limit)."
+    )
+    ingest_burst: int = Field(2000, ge=1, description="Write requests a token may burst.")
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.utils import is_body_allowed_for_status_code
 from pydantic import ValidationError
@@ -22,10 +23,29 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from layerwatch_server.api.routes import export, health, ingest, layers, probes, runs, series, views
+from layerwatch_server.api.auth import AUTHORIZE, AUTHORIZE_ADMIN, is_authenticated
+from layerwatch_server.api.routes import (
+    export,
+    health,
+    ingest,
+    layers,
+    probes,
+    runs,
+    series,
+    tokens,
+    views,
+)
+from layerwatch_server.auth.hosts import HostAllowlist
+from layerwatch_server.auth.rate_limit import TokenBuckets
 from layerwatch_server.config import Settings, get_settings
-from layerwatch_server.db import make_engine, make_sessionmakers
-from layerwatch_server.errors import UNAVAILABLE, InvalidQuery, LayerwatchError, http_error_code
+from layerwatch_server.db import make_engine, make_sessionmakers, managed_session
+from layerwatch_server.errors import (
+    UNAVAILABLE,
+    InvalidQuery,
+    LayerwatchError,
+    Unauthorized,
+    http_error_code,
+)
 from layerwatch_server.migrate import upgrade_database
 
 logger = logging.getLogger("layerwatch_server")
@@ -47,6 +67,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate:
             await run_in_threadpool(upgrade_database, engine)
+        await run_in_threadpool(_log_auth_mode, app, settings)
         app.state.render_limiter = anyio.CapacityLimiter(settings.max_concurrent_renders)
         yield
         engine.dispose()
@@ -61,12 +82,54 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.engine = engine
     app.state.read_sessions, app.state.write_sessions = make_sessionmakers(engine)
     app.state.render_limiter = anyio.CapacityLimiter(settings.max_concurrent_renders)
+    app.state.tokens_exist = False
+    app.state.rate_limiter = (
+        TokenBuckets(settings.ingest_rate_limit, settings.ingest_burst)
+        if settings.ingest_rate_limit > 0
+        else None
+    )
 
+    # Deny by default: every router but the health checks needs a token, for every route
+    # it has or will have (tests/server/api/test_auth_routes.py holds the list).
     app.include_router(health.router)
     for module in (runs, ingest, probes, series, layers, views, export):
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(AUTHORIZE)])
+    app.include_router(tokens.router, prefix=API_PREFIX, dependencies=[Depends(AUTHORIZE_ADMIN)])
     _install_error_handlers(app, settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,  # tokens travel in a header, never in cookies
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+            expose_headers=["ETag", "Retry-After", "X-Layerwatch-Downsampled"],
+        )
+    if "*" not in settings.allowed_hosts:
+        app.add_middleware(HostAllowlist, allowed=settings.allowed_hosts)
     return app
+
+
+def _log_auth_mode(app: FastAPI, settings: Settings) -> None:
+    from layerwatch_server.store.tokens import any_tokens
+
+    try:
+        with managed_session(app.state.read_sessions) as session:
+            exist = any_tokens(session)
+    except OperationalError:  # not migrated (--no-migrate): /readyz says so
+        return
+    if exist:
+        logger.info("authentication on: every API route needs a token")
+    elif settings.allow_open:
+        logger.warning(
+            "no API token exists: serving WITHOUT authentication until one is created "
+            "(layerwatch token create NAME --scope admin)"
+        )
+    else:
+        logger.warning(
+            "no API token exists: every API request is refused until one is created "
+            "(layerwatch token create NAME --scope admin)"
+        )
 
 
 def _clean_errors(errors: Any) -> list[dict[str, Any]]:
@@ -87,7 +150,7 @@ def error_response(
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(LayerwatchError)
     async def _domain(_: Request, error: LayerwatchError) -> JSONResponse:
-        return error_response(error.status_code, error.detail, error.code)
+        return error_response(error.status_code, error.detail, error.code, error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> Response:
@@ -98,7 +161,13 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _request_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def _request_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        guarded = request.url.path.startswith(API_PREFIX)
+        if guarded and not await run_in_threadpool(is_authenticated, request):
+            refusal = Unauthorized()
+            return error_response(
+                refusal.status_code, refusal.detail, refusal.code, refusal.headers
+            )
         return error_response(422, _clean_errors(error.errors()), InvalidQuery.code)
 
     @app.exception_handler(ValidationError)

@@ -321,3 +321,21 @@ class SqlBatch(Base):
     unit_means: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     weight_changes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     models: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class SqlApiToken(Base):
+    """An API token: who may do what to which projects. Only the secret's hash is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # SHA-256 of the secret, hex: looked up by value, so a unique index.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    # The project names it covers; NULL: every project, present and future.
+    projects: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -8,7 +8,7 @@ Non-finite floats are answered as the JSON strings "NaN", "Infinity" and
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -194,4 +194,45 @@ class ProbeSummary(_Public):
 
 class ProbesPublic(_Public):
     data: list[ProbeSummary]
+    count: int
+
+
+TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class TokenCreate(BaseModel):
+    """An API token to create; its secret is made by the server and shown once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TOKEN_NAME_PATTERN, description="Unique; letters, digits, . _ -")
+    scope: Literal["read", "write", "admin"] = Field(
+        description="read; write: read plus ingest and run updates; admin: everything."
+    )
+    projects: list[Annotated[str, Field(min_length=1, max_length=250)]] | None = Field(
+        None, max_length=1000, description="The projects it covers; omitted or null: all."
+    )
+    expires_in_seconds: int | None = Field(
+        None, gt=0, le=100 * 365 * 86400, description="Expires this long after creation."
+    )
+
+
+class TokenPublic(_Public):
+    name: str
+    scope: Literal["read", "write", "admin"]
+    projects: list[str] | None = Field(description="The projects it covers; null: all.")
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
+    last_used_at: UtcDatetime | None = Field(
+        description="When it was last used, to within a minute."
+    )
+    revoked_at: UtcDatetime | None
+
+
+class TokenCreated(TokenPublic):
+    secret: str = Field(description="The secret: shown this once, never stored.")
+
+
+class TokensPublic(_Public):
+    data: list[TokenPublic]
     count: int

@@ -15,6 +15,7 @@ from batches import body, count_rows, make_batch, new_id, sample_batch, stats_bl
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from auth_headers import auth_headers
 from layerwatch_server.config import Settings
 
 WRITERS = 4
@@ -27,7 +28,9 @@ def at_once(
     start = threading.Barrier(len(requests))
 
     def send(request: Callable[[httpx.Client], httpx.Response]) -> httpx.Response:
-        with httpx.Client(base_url=f"{live_server}/api/v1", timeout=30, verify=False) as client:
+        with httpx.Client(
+            headers=auth_headers(), base_url=f"{live_server}/api/v1", timeout=30, verify=False
+        ) as client:
             client.get("/runs", params={"limit": 1})  # connect before the barrier
             start.wait(timeout=10)
             return request(client)
@@ -110,9 +113,13 @@ def busy_sqlite(
     """A server on its own SQLite file that waits only 50 ms for the write lock."""
     path = tmp_path / "busy.db"
     settings = Settings(
-        database_url=f"sqlite:///{path}", sqlite_busy_timeout_ms=50, retry_after_seconds=7
-    )
-    with serve(settings) as url, httpx.Client(base_url=f"{url}/api/v1", timeout=10) as client:
+        database_url=f"sqlite:///{path}", sqlite_busy_timeout_ms=50, retry_after_seconds=7,
+        allow_open=True,  # no token in this database: about locks, not authentication
+    )  # fmt: skip
+    with (
+        serve(settings) as url,
+        httpx.Client(headers=auth_headers(), base_url=f"{url}/api/v1", timeout=10) as client,
+    ):
         yield client, path
 
 

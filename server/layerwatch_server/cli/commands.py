@@ -40,15 +40,32 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from layerwatch_server.main import create_app
+    from layerwatch_server.auth.hosts import LOOPBACK_HOSTS, is_loopback
+    from layerwatch_server.cli.serving import run_server
 
     settings = _settings(args)
-    app = create_app(settings, migrate=not args.no_migrate)
-    print(f"layerwatch server on http://{args.host}:{args.port} ({_safe_url(settings)})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    loopback = is_loopback(args.host)
+    updates: dict[str, object] = {"allow_open": loopback or args.insecure}
+    if args.allowed_hosts:
+        updates["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    elif loopback and "LAYERWATCH_ALLOWED_HOSTS" not in os.environ:
+        updates["allowed_hosts"] = list(LOOPBACK_HOSTS)
+    settings = settings.model_copy(update=updates)
+    return run_server(
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        migrate=not args.no_migrate,
+        log_level=args.log_level,
+        safe_url=_safe_url(settings),
+    )
+
+
+def _token(args: argparse.Namespace) -> int:
+    from layerwatch_server.cli.tokens import run_token_command
+
+    return run_token_command(args, _settings(args))
 
 
 def _safe_url(settings: Settings) -> str:
@@ -97,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=int(os.environ.get("LAYERWATCH_PORT", "8000")))
     server.add_argument("--no-migrate", action="store_true", help="skip the schema upgrade")
     server.add_argument("--log-level", default="info")
+    server.add_argument(
+        "--workers", type=int, default=int(os.environ.get("LAYERWATCH_WORKERS", "1")),
+        help="server processes (uvicorn workers) on one port; use PostgreSQL for more than one",
+    )  # fmt: skip
+    server.add_argument(
+        "--allowed-hosts", metavar="HOSTS",
+        help="Host headers to answer, comma-separated (env LAYERWATCH_ALLOWED_HOSTS); "
+        "default: the loopback names on a loopback bind, any host otherwise",
+    )  # fmt: skip
+    server.add_argument(
+        "--insecure", action="store_true",
+        help="serve without authentication on a non-loopback address while no token exists",
+    )  # fmt: skip
     _add_database_options(server)
     server.set_defaults(handler=_serve)
 
@@ -106,6 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("revision", nargs="?", default="head")
     _add_database_options(upgrade)
     upgrade.set_defaults(handler=_db_upgrade)
+
+    token = commands.add_parser(
+        "token", help="manage API tokens in the server's database (run on the server host)"
+    )
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="create a token; its secret is shown once")
+    create.add_argument("name", help="a unique name: letters, digits, . _ -")
+    create.add_argument(
+        "--scope", required=True, choices=("read", "write", "admin"),
+        help="read; write: read plus ingest and run updates; admin: everything",
+    )  # fmt: skip
+    create.add_argument(
+        "--project", action="append", metavar="P",
+        help="a project it covers (repeat); default: every project",
+    )  # fmt: skip
+    create.add_argument("--expires", metavar="DURATION", help="30d, 12h, 90m, 2w; default: never")
+    create.add_argument(
+        "--secret-env", metavar="VAR",
+        help="take the secret from this environment variable (lw_ and 43 URL-safe characters) "
+        "instead of making one, e.g. to bootstrap a deployment",
+    )  # fmt: skip
+    create.add_argument(
+        "--if-missing", action="store_true", help="do nothing when a token of this name exists"
+    )
+    listing = token_commands.add_parser("list", help="list tokens, never their secrets")
+    revoke = token_commands.add_parser("revoke", help="revoke a token, at once, for every server")
+    revoke.add_argument("name")
+    for sub in (create, listing, revoke):
+        _add_database_options(sub)
+        sub.set_defaults(handler=_token)
 
     demo = commands.add_parser(
         "demo", help="train a small network against a local server and write its plots"

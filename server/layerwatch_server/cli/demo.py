@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from layerwatch_server.auth.hosts import LOOPBACK_HOSTS
 from layerwatch_server.cli.serving import serve_in_thread
 from layerwatch_server.config import Settings
 from layerwatch_server.main import create_app
@@ -133,7 +134,8 @@ def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
 
 def run_demo(*, out: str | Path, epochs: int = 8, port: int = 0, serve: bool = False) -> int:
     out = Path(out).resolve()
-    settings = Settings(data_dir=out / "data")
+    # Loopback only: open while its database has no token, answering loopback names only.
+    settings = Settings(data_dir=out / "data", allow_open=True, allowed_hosts=list(LOOPBACK_HOSTS))
     started = time.perf_counter()
     with serve_in_thread(create_app(settings), port=port) as server:
         print(f"layerwatch server: {server} (SQLite at {settings.data_dir / 'layerwatch.db'})")

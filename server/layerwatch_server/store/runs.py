@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -36,8 +36,26 @@ def require_run(session: Session, run_id: str) -> SqlRun:
     """The run ``run_id``; raises `RunNotFound` when there is none."""
     run = session.get(SqlRun, run_id)
     if run is None:
-        raise RunNotFound(f"run `{run_id}` does not exist")
+        raise no_such_run(run_id)
     return run
+
+
+def no_such_run(run_id: str) -> RunNotFound:
+    """The answer for a run that does not exist, or that the caller may not see: the same."""
+    return RunNotFound(f"run `{run_id}` does not exist")
+
+
+def no_such_project(name: str) -> ProjectNotFound:
+    return ProjectNotFound(f"project `{name}` does not exist")
+
+
+def run_project(session: Session, run_id: str) -> str | None:
+    """The name of the run's project; None when there is no such run."""
+    return session.scalar(
+        select(SqlProject.name)
+        .join(SqlRun, SqlRun.project_id == SqlProject.id)
+        .where(SqlRun.id == run_id)
+    )
 
 
 def require_tensor_id(session: Session, run_id: str, name: str, kind: str) -> int:
@@ -198,13 +216,17 @@ def update_run(session: Session, run_id: str, update: wire.RunUpdate) -> RunPubl
     return get_run(session, run_id)
 
 
-def list_projects(session: Session) -> ProjectsPublic:
-    rows = session.execute(
+def list_projects(session: Session, *, projects: Collection[str] | None = None) -> ProjectsPublic:
+    """Projects with their number of runs; only those named in `projects` unless it is None."""
+    query = (
         select(SqlProject.name, SqlProject.created_at, func.count(SqlRun.id))
         .outerjoin(SqlRun, SqlRun.project_id == SqlProject.id)
         .group_by(SqlProject.id)
         .order_by(SqlProject.name)
-    ).all()
+    )
+    if projects is not None:
+        query = query.where(SqlProject.name.in_(sorted(projects)))
+    rows = session.execute(query).all()
     data = [ProjectPublic(name=n, created_at=c, runs=r) for n, c, r in rows]
     return ProjectsPublic(data=data, count=len(data))
 
@@ -220,18 +242,24 @@ def list_runs(
     offset: int = 0,
     limit: int = 100,
     timeout: float | None = None,
+    projects: Collection[str] | None = None,
 ) -> RunsPublic:
     """Runs newest first, optionally of one project, status, tag, name and config values.
 
     Every filter given must match. With `timeout` (seconds), a running run silent
-    that long is reported, and filtered, as `crashed`. Tags and config values are JSON, filtered
-    portably in Python (see `run_filters`): with either, every run the SQL
-    filters leave is read, then counted and paged here.
+    that long is reported, and filtered, as `crashed`. With `projects`, only runs
+    of those projects exist for this call: another `project` is not found. Tags
+    and config values are JSON, filtered portably in Python (see `run_filters`):
+    with either, every run the SQL filters leave is read, then counted and paged here.
     """
     query = select(SqlRun, SqlProject.name).join(SqlProject, SqlProject.id == SqlRun.project_id)
+    if projects is not None:
+        query = query.where(SqlProject.name.in_(sorted(projects)))
     if project is not None:
-        if session.scalar(select(SqlProject.id).where(SqlProject.name == project)) is None:
-            raise ProjectNotFound(f"project `{project}` does not exist")
+        hidden = projects is not None and project not in projects
+        exists = session.scalar(select(SqlProject.id).where(SqlProject.name == project))
+        if hidden or exists is None:
+            raise no_such_project(project)
         query = query.where(SqlProject.name == project)
     silent_since = _silent_since(timeout)
     if status is not None:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from batches import assert_nothing_stored, create_run, stats_block, valid_doc
 
+from auth_headers import auth_headers
 from layerwatch_server.config import Settings
 
 GZIP = {"Content-Encoding": "gzip"}
@@ -57,7 +58,9 @@ def small_server(
 
 @pytest.fixture(scope="module")
 def small_api(small_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{small_server}/api/v1", timeout=10) as client:
+    with httpx.Client(
+        headers=auth_headers(), base_url=f"{small_server}/api/v1", timeout=10
+    ) as client:
         yield client
 
 
@@ -76,6 +79,7 @@ def test_declared_length_over_the_cap_is_refused_before_the_body(
     head = (
         f"POST /api/v1/runs/{run_id}/batches HTTP/1.1\r\n"
         f"Host: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {auth_headers()['Authorization']}\r\n"
         f"Content-Length: {100 * CAP}\r\n\r\n"
     )
     with socket.create_connection((host, int(port)), timeout=10) as sock:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from batches import body, make_batch, new_id, scalars_block
 
+from auth_headers import auth_headers
 from layerwatch_server.config import Settings
 
 TIMEOUT = 1.2  # seconds of silence before a run reads crashed (notes are 1 s apart at most)
@@ -22,7 +23,10 @@ def quick(
 ) -> Iterator[httpx.Client]:
     """A server on the shared database with a short run timeout."""
     settings = Settings(database_url=database_url, run_timeout_seconds=TIMEOUT)
-    with serve(settings) as url, httpx.Client(base_url=f"{url}/api/v1", timeout=10) as client:
+    with (
+        serve(settings) as url,
+        httpx.Client(headers=auth_headers(), base_url=f"{url}/api/v1", timeout=10) as client,
+    ):
         yield client
 
 

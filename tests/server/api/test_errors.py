@@ -22,6 +22,7 @@ from fastapi import HTTPException
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from auth_headers import auth_headers
 from layerwatch_server.cli.serving import serve_in_thread
 from layerwatch_server.config import Settings
 from layerwatch_server.errors import http_error_code
@@ -165,7 +166,7 @@ def small_api(
     """A client of a server that takes bodies of at most 1024 bytes."""
     with (
         serve(Settings(database_url=database_url, max_body_bytes=1024)) as url,
-        httpx.Client(base_url=f"{url}/api/v1", timeout=10) as client,
+        httpx.Client(headers=auth_headers(), base_url=f"{url}/api/v1", timeout=10) as client,
     ):
         yield client
 
@@ -207,7 +208,7 @@ def raising_server(database_url: str) -> Iterator[str]:
 
 
 def test_what_only_a_broken_database_raises_has_its_code(raising_server: str) -> None:
-    with httpx.Client(base_url=raising_server, timeout=10) as client:
+    with httpx.Client(headers=auth_headers(), base_url=raising_server, timeout=10) as client:
         out_of_range = client.get("/raise/out-of-range")
         assert "out of range" in assert_error(out_of_range, 422, "invalid")
         for what in ("locked", "pool-timeout"):

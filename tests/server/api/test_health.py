@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import httpx
 
+from auth_headers import auth_headers
+
 
 def test_health_and_readiness(live_server: str, backend: str) -> None:
-    with httpx.Client(base_url=live_server) as http:
+    with httpx.Client(headers=auth_headers(), base_url=live_server) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
         ready = http.get("/readyz")
         assert ready.status_code == 200
@@ -17,7 +19,7 @@ def test_health_and_readiness(live_server: str, backend: str) -> None:
 
 
 def test_docs_and_openapi_render(live_server: str) -> None:
-    with httpx.Client(base_url=live_server) as http:
+    with httpx.Client(headers=auth_headers(), base_url=live_server) as http:
         docs = http.get("/docs")
         assert docs.status_code == 200
         assert "text/html" in docs.headers["content-type"]

@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
+from auth_headers import auth_headers
 from layerwatch import wire
 from layerwatch_server.models import (
     SqlHistogram,
@@ -471,7 +472,9 @@ def test_fuzzed_requests_never_fail_the_server_or_history(
     path = {"run": "/runs", "probe": f"/runs/{run_id}/probes"}.get(kind, f"/runs/{run_id}/batches")
 
     # A connection of its own: uvicorn closes one after a 500, failing the next request on it.
-    with httpx.Client(base_url=f"{live_server}/api/v1", timeout=10, verify=False) as client:
+    with httpx.Client(
+        headers=auth_headers(), base_url=f"{live_server}/api/v1", timeout=10, verify=False
+    ) as client:
         try:
             status = client.post(path, content=content, headers=headers).status_code
         except httpx.TransportError:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from layerwatch import wire
 from layerwatch_server import store
+from layerwatch_server.api.auth import ReadableProjects, authorize_run_create
 from layerwatch_server.api.deps import SessionDep, SettingsDep, WriteSessionDep
 from layerwatch_server.api.params import ListLimit, Offset, RunId
 from layerwatch_server.schemas import ProjectsPublic, RunPublic, RunsPublic, TensorsPublic
@@ -17,15 +18,16 @@ router = APIRouter(tags=["runs"])
 
 
 @router.get("/projects", response_model=ProjectsPublic)
-def list_projects(session: SessionDep) -> ProjectsPublic:
+def list_projects(session: SessionDep, readable: ReadableProjects) -> ProjectsPublic:
     """List projects with their number of runs."""
-    return store.list_projects(session)
+    return store.list_projects(session, projects=readable)
 
 
 @router.get("/projects/{project}/runs", response_model=RunsPublic)
 def list_project_runs(
     session: SessionDep,
     settings: SettingsDep,
+    readable: ReadableProjects,
     project: Annotated[str, Path(max_length=wire.MAX_NAME_LENGTH)],
     offset: Offset = 0,
     limit: ListLimit = 100,
@@ -33,7 +35,7 @@ def list_project_runs(
     """List the runs of one project, newest first."""
     return store.list_runs(
         session, project=project, offset=offset, limit=limit,
-        timeout=settings.run_timeout_seconds,
+        timeout=settings.run_timeout_seconds, projects=readable,
     )  # fmt: skip
 
 
@@ -41,6 +43,7 @@ def list_project_runs(
 def list_runs(
     session: SessionDep,
     settings: SettingsDep,
+    readable: ReadableProjects,
     project: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
     status: Annotated[wire.RunStatus | None, Query()] = None,
     tag: Annotated[str | None, Query(max_length=wire.MAX_NAME_LENGTH)] = None,
@@ -69,6 +72,7 @@ def list_runs(
         offset=offset,
         limit=limit,
         timeout=settings.run_timeout_seconds,
+        projects=readable,
     )
 
 
@@ -77,6 +81,7 @@ def list_runs(
     response_model=RunPublic,
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": RunPublic, "description": "An existing run was resumed."}},
+    dependencies=[Depends(authorize_run_create)],
 )
 def create_run(session: WriteSessionDep, spec: wire.RunCreate, response: Response) -> RunPublic:
     """Create a run, or resume the run whose `id` is given."""
