@@ -1,12 +1,10 @@
-"""Request bodies of the upload routes: read under a size cap, gunzipped, documented."""
+"""Request bodies of the upload routes: read under a size cap, gunzipped."""
 
 from __future__ import annotations
 
 import zlib
-from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel
 
 from layerwatch_server.errors import InvalidQuery, PayloadTooLarge, UnsupportedEncoding
 
@@ -41,15 +39,3 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     if len(data) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed body exceeds the {limit}-byte limit")
     return data
-
-
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a route that reads its body with `read_body`: ``model`` as JSON, or gzipped."""
-    return {
-        "requestBody": {
-            "required": True,
-            "description": f"A `{model.__name__}` as JSON, optionally with "
-            "`Content-Encoding: gzip`.",
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }

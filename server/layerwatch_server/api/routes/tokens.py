@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from layerwatch_server.api.deps import SessionDep, WriteSessionDep
+from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.schemas import (
     TOKEN_NAME_PATTERN,
     TokenCreate,
@@ -22,13 +23,18 @@ router = APIRouter(tags=["tokens"])
 TokenName = Annotated[str, Path(pattern=TOKEN_NAME_PATTERN, description="The token's name.")]
 
 
-@router.get("/tokens", response_model=TokensPublic)
+@router.get("/tokens", response_model=TokensPublic, responses=error_responses(503))
 def list_tokens(session: SessionDep) -> TokensPublic:
     """List every token, revoked and expired ones too; secrets are never shown."""
     return tokens.list_tokens(session)
 
 
-@router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/tokens",
+    response_model=TokenCreated,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(409, 413, 415, 422, 503),
+)
 def create_token(session: WriteSessionDep, spec: TokenCreate) -> TokenCreated:
     """Create a token; the answer holds its secret, which is never shown again."""
     seconds = spec.expires_in_seconds
@@ -38,7 +44,11 @@ def create_token(session: WriteSessionDep, spec: TokenCreate) -> TokenCreated:
     )
 
 
-@router.delete("/tokens/{name}", response_model=TokenPublic)
+@router.delete(
+    "/tokens/{name}",
+    response_model=TokenPublic,
+    responses=error_responses(404, 422, 503, not_found="`token_not_found`: no token of this name."),
+)
 def revoke_token(session: WriteSessionDep, name: TokenName) -> TokenPublic:
     """Revoke a token: it is refused from now on, in every server process."""
     return tokens.revoke_token(session, name)
