@@ -195,8 +195,8 @@ def test_no_number_forgets_nan(document: Doc) -> None:
             if {"type": "string", "enum": list(NONFINITE)} in branches:
                 beside_nan |= {id(branch) for branch in branches}
     forgetful = {name for key, name in numbers.items() if key not in beside_nan}
-    # Which floats must be finite wire knows: bin edges, times (`FiniteFloat`).
-    assert forgetful == {"Histograms", "Scalars"}
+    # Which floats must be finite wire knows: bin edges, times (`FiniteFloat`), a config.
+    assert forgetful == {"Histograms", "Scalars", "ConfigValue"}
 
 
 def test_uploads_say_nan_travels_as_a_string(document: Doc) -> None:
@@ -257,6 +257,11 @@ def test_the_packed_schema_takes_whole_values_only(itemsize: int, most: int) -> 
 def test_names_and_packed_values_are_documented_where_they_are_sent(document: Doc) -> None:
     schemas = document["components"]["schemas"]
     assert schemas["Stats"]["properties"]["name"]["pattern"] == NAME_PATTERN
+    run = document["paths"]["/api/v1/runs"]["post"]["requestBody"]["content"]
+    config = run["application/json"]["schema"]["properties"]["config"]
+    assert config["propertyNames"]["pattern"] == NAME_PATTERN
+    assert "patternProperties" not in config  # it would let other keys through
+    assert schemas["ConfigValue"]["anyOf"][0] == {"type": "string", "pattern": TEXT_PATTERN}
     features = schemas["ProbeLayer"]["properties"]["features"]
     assert features["pattern"] == packed_schema(2, wire.MAX_PROBE_VALUES)["pattern"]
     series = document["paths"]["/api/v1/runs/{run_id}/plots/series.json"]["get"]

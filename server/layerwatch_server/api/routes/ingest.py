@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.api.body import read_body
+from layerwatch_server.api.body import parse_json, read_body
 from layerwatch_server.api.deps import SettingsDep, WriteSessionsDep
 from layerwatch_server.api.openapi import error_responses, json_body
 from layerwatch_server.api.params import RunId
@@ -38,7 +38,7 @@ async def ingest_batch(
     def parse_and_store() -> wire.BatchReceipt:
         # Parsing, storing and committing share one worker-thread hop: a batch
         # is small work, and each hop costs as much as validating it.
-        batch = wire.Batch.model_validate_json(body)
+        batch = parse_json(wire.Batch, body)
         digest = hashlib.sha256(body).hexdigest()
         with managed_session(sessions) as session:
             return store.ingest_batch(session, run_id, batch, digest=digest)

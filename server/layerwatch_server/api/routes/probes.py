@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.api.body import read_body
+from layerwatch_server.api.body import parse_json, read_body
 from layerwatch_server.api.deps import SessionDep, SettingsDep, WriteSessionsDep
 from layerwatch_server.api.openapi import error_responses, json_answer, json_body
 from layerwatch_server.api.params import Rank, RunId
@@ -34,7 +34,7 @@ async def ingest_probe(
     body = await read_body(request, settings.max_body_bytes)
 
     def parse_and_store() -> wire.ProbeReceipt:
-        probe = wire.Probe.model_validate_json(body)
+        probe = parse_json(wire.Probe, body)
         with managed_session(sessions) as session:
             return store.ingest_probe(session, run_id, probe)
 

@@ -10,8 +10,9 @@ from pydantic import WithJsonSchema
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.auth import ReadableProjects, authorize_run_create
+from layerwatch_server.api.body import RunCreateBody, RunUpdateBody
 from layerwatch_server.api.deps import SessionDep, SettingsDep, WriteSessionDep
-from layerwatch_server.api.openapi import error_responses
+from layerwatch_server.api.openapi import error_responses, json_body
 from layerwatch_server.api.params import ListLimit, Offset, RunId
 from layerwatch_server.schemas import ProjectsPublic, RunPublic, RunsPublic, TensorsPublic
 from layerwatch_server.store.run_filters import (
@@ -103,13 +104,14 @@ def list_runs(
     "/runs",
     response_model=RunPublic,
     status_code=status.HTTP_201_CREATED,
+    openapi_extra=json_body(wire.RunCreate),
     responses={
         200: {"model": RunPublic, "description": "An existing run was resumed."},
         **error_responses(409, 413, 415, 422, 503),
     },
     dependencies=[Depends(authorize_run_create)],
 )
-def create_run(session: WriteSessionDep, spec: wire.RunCreate, response: Response) -> RunPublic:
+def create_run(spec: RunCreateBody, session: WriteSessionDep, response: Response) -> RunPublic:
     """Create a run, or resume the run whose `id` is given."""
     run, created = store.create_or_resume_run(session, spec)
     if not created:
@@ -142,9 +144,10 @@ def heartbeat(session: WriteSessionDep, run_id: RunId) -> Response:
 @router.patch(
     "/runs/{run_id}",
     response_model=RunPublic,
+    openapi_extra=json_body(wire.RunUpdate),
     responses=error_responses(404, 413, 415, 422, 503, not_found=_RUN_NOT_FOUND),
 )
-def update_run(session: WriteSessionDep, run_id: RunId, update: wire.RunUpdate) -> RunPublic:
+def update_run(update: RunUpdateBody, session: WriteSessionDep, run_id: RunId) -> RunPublic:
     """Set a run's status, e.g. finished when training ends."""
     return store.update_run(session, run_id, update)
 
