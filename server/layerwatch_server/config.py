@@ -29,7 +29,15 @@ class Settings(BaseSettings):
         "PostgreSQL: postgresql+psycopg://user@host/db",
     )
     max_body_bytes: int = Field(
-        32 * 1024 * 1024, gt=0, description="Largest request body accepted (after gzip)."
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest body of a batch or probe upload, before and after gzip.",
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Largest body of any other request (creating or updating a run), before and "
+        "after gzip: the largest valid one is a few hundred KiB.",
     )
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with a 503.")

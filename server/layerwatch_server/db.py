@@ -1,7 +1,8 @@
 """Engine and session management for SQLite and PostgreSQL, and where their SQL differs.
 
 SQLite gets the settings a concurrent server needs: WAL (readers never wait
-for the writer), ``synchronous=NORMAL``, a ``busy_timeout`` and foreign keys.
+for the writer), ``synchronous=NORMAL``, a ``busy_timeout`` and foreign keys;
+an integer too large for it is a `DataError`, as on PostgreSQL.
 The driver's own transaction handling is switched off so that SQLAlchemy
 emits ``BEGIN`` itself: that makes SAVEPOINTs work, and lets write sessions
 take the write lock up front (``BEGIN IMMEDIATE``) instead of failing when a
@@ -17,7 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 WRITE_OPTION = "layerwatch_write"
@@ -48,6 +50,15 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000, **kwargs: Any) 
     def _on_begin(connection: Any) -> None:
         write = connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> Exception | None:
+        # sqlite3 refuses an int beyond 64 bits with a bare OverflowError when it binds
+        # it; PostgreSQL refuses one out of its column's range with a DataError: one error.
+        error = context.original_exception
+        if isinstance(error, OverflowError):
+            return DataError(context.statement, context.parameters, error)
+        return None
 
     return engine
 

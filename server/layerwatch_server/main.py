@@ -22,8 +22,10 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from layerwatch_server.api.auth import AUTHORIZE, AUTHORIZE_ADMIN, is_authenticated
+from layerwatch_server.api.openapi import error_responses, finish_document
 from layerwatch_server.api.routes import (
     export,
     health,
@@ -53,6 +55,17 @@ logger = logging.getLogger("layerwatch_server")
 API_PREFIX = "/api/v1"
 
 
+class LayerwatchAPI(FastAPI):
+    """The application; its OpenAPI document also says what FastAPI does not see (`openapi`)."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is not None:
+            return self.openapi_schema
+        document = super().openapi()
+        finish_document(document)
+        return document
+
+
 def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
     """Build the application for ``settings`` (default: from the environment).
 
@@ -72,7 +85,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         yield
         engine.dispose()
 
-    app = FastAPI(
+    app = LayerwatchAPI(
         title="layerwatch",
         summary="Activations, weights and gradients of PyTorch training runs.",
         version="0.1.0",
@@ -94,7 +107,12 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.include_router(health.router)
     for module in (runs, ingest, probes, series, layers, views, export):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(AUTHORIZE)])
-    app.include_router(tokens.router, prefix=API_PREFIX, dependencies=[Depends(AUTHORIZE_ADMIN)])
+    app.include_router(
+        tokens.router,
+        prefix=API_PREFIX,
+        dependencies=[Depends(AUTHORIZE_ADMIN)],
+        responses=error_responses(403),  # reads too: every token route needs an admin token
+    )
     _install_error_handlers(app, settings)
     if settings.cors_origins:
         app.add_middleware(
@@ -147,17 +165,34 @@ def error_response(
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route takes at the request's path (a 405 of the router names one)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+               for route in routes)
+    ]  # fmt: skip
+
+
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(LayerwatchError)
     async def _domain(_: Request, error: LayerwatchError) -> JSONResponse:
         return error_response(error.status_code, error.detail, error.code, error.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> Response:
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         if not is_body_allowed_for_status_code(error.status_code):
-            return Response(status_code=error.status_code, headers=error.headers)
+            return Response(status_code=error.status_code, headers=headers)
         return error_response(
-            error.status_code, error.detail, http_error_code(error.status_code), error.headers
+            error.status_code, error.detail, http_error_code(error.status_code), headers
         )
 
     @app.exception_handler(RequestValidationError)

@@ -2,7 +2,8 @@
 
 Ingest payloads are not here: they are defined once, in ``layerwatch.wire``.
 Non-finite floats are answered as the JSON strings "NaN", "Infinity" and
-"-Infinity", which the client reads back as floats.
+"-Infinity", which the client reads back as floats; the JSON schema of every
+number these models answer says so (`allow_nonfinite`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from layerwatch.wire import Kind, RunStatus, StatName
+from layerwatch_server.wire_schema import allow_nonfinite
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -23,8 +27,52 @@ def _as_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
-class _Public(BaseModel):
-    model_config = ConfigDict(from_attributes=True, ser_json_inf_nan="strings")
+class JsonAnswer(BaseModel):
+    """Base of the models answered as JSON: NaN and infinities as strings, as their schema says."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return allow_nonfinite(handler.resolve_ref_schema(handler(core_schema)))
+
+
+class _Public(JsonAnswer):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ValidationIssue(BaseModel):
+    """One reason a request or payload was refused."""
+
+    loc: list[str | int] = Field(description="Where: `query`, `path`, `body` and the field's path.")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. `less_than_equal`.")
+
+
+class ErrorPublic(BaseModel):
+    """The body of every error answer; branch on `code`, never on `detail`."""
+
+    detail: str | list[ValidationIssue] = Field(
+        description="For people: prose, or the list of validation errors."
+    )
+    code: str = Field(
+        description="For programs, stable across releases: `run_not_found`, `tensor_not_found`, "
+        "`scalar_not_found`, `project_not_found`, `probe_not_found`, `not_found`, "
+        "`method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_encoding`, "
+        "`invalid`, `unavailable`, or `http_<status>` for any other HTTP error.",
+        examples=["run_not_found", "invalid"],
+    )
+
+
+class Readiness(BaseModel):
+    """Whether the server can answer: its database answers and is migrated."""
+
+    status: Literal["ok", "unavailable"]
+    database: str | None = Field(None, description="The database's dialect, when ready.")
+    detail: str | None = Field(None, description="Why not, when unavailable.")
+    code: Literal["unavailable"] | None = Field(None, description="Set when unavailable.")
 
 
 class ProjectPublic(_Public):

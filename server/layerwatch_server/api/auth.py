@@ -23,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from layerwatch import wire
+from layerwatch_server.api.body import RunCreateBody
 from layerwatch_server.auth.access import OPEN, Access, Scope, scope_for_method
 from layerwatch_server.auth.rate_limit import TokenBuckets, retry_after_seconds
 from layerwatch_server.config import Settings
@@ -172,7 +172,7 @@ def readable_projects(access: AccessDep) -> frozenset[str] | None:
 ReadableProjects = Annotated[frozenset[str] | None, Depends(readable_projects)]
 
 
-def authorize_run_create(request: Request, access: AccessDep, spec: wire.RunCreate) -> None:
+def authorize_run_create(request: Request, access: AccessDep, spec: RunCreateBody) -> None:
     """A run may be created only in a project the token covers (403 otherwise).
 
     Resuming an id that exists in a project the token cannot see is a

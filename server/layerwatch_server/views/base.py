@@ -16,14 +16,17 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.json_schema import JsonSchemaValue
 from sqlalchemy.orm import Session
+
+from layerwatch_server.schemas import JsonAnswer
 
 MAX_PIXELS = 16_000_000
 """Largest image (width x height) a view renders."""
@@ -49,16 +52,22 @@ class ImageParams(ViewParams):
         return self
 
 
-class Part(BaseModel):
+def pair_of(item: JsonSchemaValue) -> WithJsonSchema:
+    """The schema of a 2-tuple as an array of two ``item`` s: the same JSON, without the
+    `prefixItems` that some OpenAPI tools (Schemathesis 4) cannot read in an answer."""
+    return WithJsonSchema({"type": "array", "items": item, "minItems": 2, "maxItems": 2})
+
+
+StrPair = Annotated[tuple[str, str], pair_of({"type": "string"})]
+FloatPair = Annotated[tuple[float, float], pair_of({"type": "number"})]
+
+
+class Part(JsonAnswer):
     """A nested part of a JSON twin: NaN and infinities as strings, like `ViewData`'s own."""
 
-    model_config = ConfigDict(ser_json_inf_nan="strings")
 
-
-class ViewData(BaseModel):
+class ViewData(JsonAnswer):
     """Base of a view's JSON twin: the numbers behind the image."""
-
-    model_config = ConfigDict(ser_json_inf_nan="strings")
 
     view: str
     run_id: str

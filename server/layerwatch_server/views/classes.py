@@ -27,6 +27,7 @@ from layerwatch_server.errors import NotFound
 from layerwatch_server.store.probe_arrays import load_probe
 from layerwatch_server.views.base import View, ViewData, no_data
 from layerwatch_server.views.probing import ProbeParams, choose_probe, last_hidden_layer
+from layerwatch_server.wire_schema import Name
 
 MAX_CLASSES = 1000
 OTHER = -1
@@ -72,7 +73,7 @@ def _annotate(axes: Axes, matrix: np.ndarray, text: str) -> None:
 
 
 class ClassMeansParams(ProbeParams):
-    layer: wire.Name | None = Field(
+    layer: Name | None = Field(
         None, description="Probed layer; default: the layer before the output."
     )
     by: Literal["label", "prediction"] | None = Field(

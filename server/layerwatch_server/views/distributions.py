@@ -30,6 +30,7 @@ from layerwatch_server.store import measurements
 from layerwatch_server.store.measurements import StepHistogram
 from layerwatch_server.store.runs import require_tensor_id
 from layerwatch_server.views.base import View, ViewData, ViewParams, no_data
+from layerwatch_server.wire_schema import Name
 
 Floats = npt.NDArray[np.float64]
 PERCENTILES = (0.0, 6.68, 15.87, 30.85, 50.0, 69.15, 84.13, 93.32, 100.0)
@@ -66,7 +67,7 @@ def only_with(params: ViewParams, names: Sequence[str], part: str, allowed: bool
 
 
 class DistributionsParams(StepRangeParams):
-    tensor: wire.Name | None = Field(
+    tensor: Name | None = Field(
         None, description="Tensor to show; default: the first of `kind` in network order."
     )
     kind: wire.Kind = "activation"

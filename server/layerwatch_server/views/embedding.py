@@ -17,10 +17,9 @@ from matplotlib.figure import Figure
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from layerwatch import wire
 from layerwatch_server.store.embeddings import EmbeddingKey, get_embedding, save_embedding
 from layerwatch_server.store.probe_arrays import load_probe
-from layerwatch_server.views.base import View, ViewData, no_data
+from layerwatch_server.views.base import StrPair, View, ViewData, no_data
 from layerwatch_server.views.probing import (
     SKLEARN_MISSING,
     ColourBy,
@@ -33,6 +32,7 @@ from layerwatch_server.views.probing import (
     plot_classes,
     take,
 )
+from layerwatch_server.wire_schema import Name
 
 MAX_PCA_DIMS = 50
 MIN_TSNE_SAMPLES = 5
@@ -40,7 +40,7 @@ RANDOM_STATE = 0
 
 
 class EmbeddingParams(ProbeParams):
-    layer: wire.Name | None = Field(
+    layer: Name | None = Field(
         None, description="Probed layer; default: the narrowest layer before the output."
     )
     method: Literal["tsne", "pca"] = Field("tsne", description="t-SNE, or a plain 2-D PCA.")
@@ -58,7 +58,7 @@ class EmbeddingData(ViewData):
     method: Literal["tsne", "pca"] = "tsne"
     perplexity: float | None = Field(None, description="The one t-SNE ran with.")
     input_dims: int | None = Field(None, description="Dimensions t-SNE or PCA started from.")
-    axis_labels: tuple[str, str] = ("", "")
+    axis_labels: StrPair = ("", "")
     color_by: ColourBy = "none"
     classes: list[int] = Field(default_factory=list)
     samples: list[int] = Field(default_factory=list, description="Probe sample of each point.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
@@ -18,14 +18,15 @@ from layerwatch_server.models import SqlHistogram
 from layerwatch_server.store import measurements
 from layerwatch_server.store.measurements import StepHistogram
 from layerwatch_server.store.runs import require_tensor_id
-from layerwatch_server.views.base import View, ViewData, ViewParams, no_data
+from layerwatch_server.views.base import Part, View, ViewData, ViewParams, no_data
 from layerwatch_server.views.distributions import first_tensor, sample_note, usable, value_range
+from layerwatch_server.wire_schema import Name
 
 MAX_STEPS = 16
 
 
 class HistogramParams(ViewParams):
-    tensor: wire.Name | None = Field(
+    tensor: Name | None = Field(
         None, description="Tensor to show; default: the first of `kind` in network order."
     )
     kind: wire.Kind = "weight"
@@ -41,9 +42,7 @@ class HistogramParams(ViewParams):
     density: bool = Field(True, description="Normalise each histogram to unit area.")
 
 
-class Curve(BaseModel):
-    model_config = ConfigDict(ser_json_inf_nan="strings")
-
+class Curve(Part):
     run_id: str
     step: int
     label: str

@@ -9,14 +9,14 @@ of a bar chart of those parameter counts, so the heavy modules stand out.
 from __future__ import annotations
 
 from matplotlib.figure import Figure
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
-from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.errors import NotFound
-from layerwatch_server.views.base import View, ViewData, ViewParams, fit_text, show_no_data
+from layerwatch_server.views.base import Part, View, ViewData, ViewParams, fit_text, show_no_data
 from layerwatch_server.views.probing import listing
+from layerwatch_server.wire_schema import Name
 
 NO_TREE = (
     "the run has no model tree: the client sends one at the first forward pass of a model "
@@ -28,11 +28,11 @@ _WIDTHS = (40, 24, 28, 14)
 
 class ModelParams(ViewParams):
     rank: int = Field(0, ge=0, le=2**31 - 1)
-    model: wire.Name | None = Field(None, description="Model class name; default: the first.")
+    model: Name | None = Field(None, description="Model class name; default: the first.")
     max_rows: int = Field(60, ge=1, le=1000, description="Modules listed (the first ones).")
 
 
-class ModuleRow(BaseModel):
+class ModuleRow(Part):
     path: str = Field(description="`named_modules()` name; empty for the model itself.")
     type: str
     depth: int = Field(description="0 for the model, 1 for its children, ...")

@@ -41,6 +41,7 @@ from layerwatch_server.views.probing import (
     module_types,
     pick_step,
 )
+from layerwatch_server.wire_schema import Name
 
 MAX_ROWS = 32
 MAX_MAP_SIDE = 64
@@ -58,7 +59,7 @@ class _ProbeParams(ViewParams):
 
 
 class LayerOutputsParams(_ProbeParams):
-    layer: list[wire.Name] = Field(
+    layer: list[Name] = Field(
         default_factory=list, max_length=MAX_ROWS, description="Layers (repeat); default: all."
     )
     max_features: int = Field(256, ge=2, le=4096, description="Per layer; evenly spaced picks.")
@@ -213,7 +214,7 @@ def draw_layer_outputs(figure: Figure, data: LayerOutputsData) -> None:
 
 
 class FeatureMapsParams(_ProbeParams):
-    layer: wire.Name | None = Field(None, description="Default: the first layer with maps.")
+    layer: Name | None = Field(None, description="Default: the first layer with maps.")
     max_channels: int = Field(64, ge=1, le=1024, description="Channels drawn (the first ones).")
     normalize: Literal["channel", "layer"] = Field(
         "channel", description="Colour scale per channel, or one shared by the layer."

@@ -14,13 +14,13 @@ from typing import Literal
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server.errors import InvalidQuery
 from layerwatch_server.store.probe_arrays import load_probe
-from layerwatch_server.views.base import View, ViewData, no_data
+from layerwatch_server.views.base import FloatPair, Part, StrPair, View, ViewData, no_data
 from layerwatch_server.views.probing import (
     GRID_VALUES,
     SKLEARN_MISSING,
@@ -35,12 +35,13 @@ from layerwatch_server.views.probing import (
     project,
     take,
 )
+from layerwatch_server.wire_schema import Name
 
 # -- the scatter view ----------------------------------------------------------------
 
 
 class ScatterParams(ProbeParams):
-    layer: wire.Name | None = Field(
+    layer: Name | None = Field(
         None, description="Probed layer; default: the narrowest layer before the output."
     )
     grid: bool = Field(False, description="The layer at every probe step, one projection.")
@@ -50,7 +51,7 @@ class ScatterParams(ProbeParams):
     )
 
 
-class ScatterPanel(BaseModel):
+class ScatterPanel(Part):
     step: int
     samples: list[int] = Field(description="Index of each point's probe sample.")
     x: list[float]
@@ -64,11 +65,11 @@ class ScatterData(ViewData):
     layer: str | None = None
     projection: Literal["features", "feature", "pca"] | None = None
     explained_variance_ratio: list[float] | None = None
-    axis_labels: tuple[str, str] = ("", "")
+    axis_labels: StrPair = ("", "")
     color_by: ColourBy = "none"
     classes: list[int] = Field(default_factory=list)
-    xlim: tuple[float, float] | None = None
-    ylim: tuple[float, float] | None = None
+    xlim: FloatPair | None = None
+    ylim: FloatPair | None = None
     grid: bool = False
     panels: list[ScatterPanel] = Field(default_factory=list)
 

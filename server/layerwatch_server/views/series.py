@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.views.base import Part, View, ViewData, ViewParams, no_data
+from layerwatch_server.wire_schema import Name
 
 MAX_LINES = 32
 RunList = list[wire.Identifier]
@@ -42,7 +43,7 @@ class _LineParams(ViewParams):
 
 
 class SeriesParams(_LineParams):
-    tensor: list[wire.Name] = Field(
+    tensor: list[Name] = Field(
         default_factory=list,
         max_length=MAX_LINES,
         description="Tensors to draw (repeat); default: every tensor of `kind`.",
@@ -52,7 +53,7 @@ class SeriesParams(_LineParams):
 
 
 class ScalarsParams(_LineParams):
-    name: list[wire.Name] = Field(
+    name: list[Name] = Field(
         default_factory=list,
         max_length=MAX_LINES,
         description="Scalars to draw (repeat); default: every scalar of the run.",

@@ -31,6 +31,7 @@ from layerwatch_server.views.distributions import (
     only_with,
     step_edges,
 )
+from layerwatch_server.wire_schema import Name
 
 Floats = npt.NDArray[np.float64]
 Part = Literal["fractions", "heatmap", "both"]
@@ -39,7 +40,7 @@ MAX_LINES = 32
 
 class DeadUnitsParams(StepRangeParams):
     eps: float = Field(0.0, ge=0, allow_inf_nan=False, description="Dead: |mean| <= eps.")
-    tensor: wire.Name | None = Field(
+    tensor: Name | None = Field(
         None, description="Layer of the heatmap; default: the highest latest dead fraction."
     )
     max_units: int = Field(256, ge=1, le=wire.MAX_UNITS, description="Units of the heatmap.")

@@ -15,15 +15,15 @@ from typing import Literal
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
-from layerwatch import wire
 from layerwatch_server.models import SqlWeightChange
 from layerwatch_server.store import measurements
 from layerwatch_server.store.runs import require_tensor_id
-from layerwatch_server.views.base import View, ViewData, no_data
+from layerwatch_server.views.base import Part, View, ViewData, no_data
 from layerwatch_server.views.distributions import StepRangeParams
+from layerwatch_server.wire_schema import Name
 
 MAX_LINES = 32
 REFERENCE_RATIO = 1e-3
@@ -37,7 +37,7 @@ LABELS: dict[str, tuple[str, str]] = {
 
 
 class WeightChangeParams(StepRangeParams):
-    tensor: list[wire.Name] = Field(
+    tensor: list[Name] = Field(
         default_factory=list, max_length=MAX_LINES,
         description="Weight tensors to draw (repeat); default: every weight in network order.",
     )  # fmt: skip
@@ -48,9 +48,7 @@ class WeightChangeParams(StepRangeParams):
     )  # fmt: skip
 
 
-class Panel(BaseModel):
-    model_config = ConfigDict(ser_json_inf_nan="strings")
-
+class Panel(Part):
     metric: Metric
     title: str
     ylabel: str

@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 from batches import body, new_id, sample_batch
 from fastapi import HTTPException
+from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from auth_headers import auth_headers
 from layerwatch_server.cli.serving import serve_in_thread
 from layerwatch_server.config import Settings
+from layerwatch_server.db import managed_session
 from layerwatch_server.errors import http_error_code
 from layerwatch_server.main import create_app
 
@@ -196,12 +198,18 @@ RAISED: dict[str, Exception] = {
 
 @pytest.fixture(scope="module")
 def raising_server(database_url: str) -> Iterator[str]:
-    """A server with a route that raises ``RAISED[what]`` at ``GET /raise/{what}``."""
+    """A server with a route that raises ``RAISED[what]`` at ``GET /raise/{what}``, and one
+    that asks its database for an integer beyond 64 bits at ``GET /overflow``."""
     app = create_app(Settings(database_url=database_url, retry_after_seconds=3))
 
     @app.get("/raise/{what}")
     def _raise(what: str) -> None:
         raise RAISED[what]
+
+    @app.get("/overflow")
+    def _overflow() -> None:
+        with managed_session(app.state.read_sessions) as session:
+            session.execute(text("SELECT CAST(:big AS BIGINT)"), {"big": 2**64})
 
     with serve_in_thread(app) as url:
         yield url
@@ -217,6 +225,35 @@ def test_what_only_a_broken_database_raises_has_its_code(raising_server: str) ->
             assert busy.headers["Retry-After"] == "3"
         teapot = client.get("/raise/teapot")
         assert assert_error(teapot, 418, "http_418") == "I'm a teapot"
+
+
+def test_an_integer_too_large_for_the_database_is_invalid_on_either_driver(
+    raising_server: str,
+) -> None:
+    # sqlite3 raises a bare OverflowError binding it, PostgreSQL a DataError casting it.
+    response = httpx.get(f"{raising_server}/overflow", timeout=10)
+    assert "out of range" in assert_error(response, 422, "invalid")
+
+
+BOUNDED = [
+    "/runs?offset={n}",
+    "/projects/{project}/runs?offset={n}",
+    "/runs/{run}/series?tensor=fc1&after_step={n}",
+    "/runs/{run}/histograms?tensor=fc1&step={n}",
+    "/runs/{run}/probes/{n}",
+    "/runs/{run}/export.csv?start={n}",
+]
+
+
+@pytest.mark.parametrize("path", BOUNDED)
+def test_integers_are_bounded_by_the_database_range(
+    api: httpx.Client, run_id: str, path: str
+) -> None:
+    project = api.get(f"/runs/{run_id}").json()["project"]
+    largest = path.format(n=2**63 - 1, run=run_id, project=project)
+    assert api.get(largest).status_code in (200, 404), api.get(largest).text
+    beyond = api.get(path.format(n=2**63, run=run_id, project=project))
+    assert isinstance(assert_error(beyond, 422, "invalid"), list)
 
 
 def test_codes_of_framework_errors() -> None:

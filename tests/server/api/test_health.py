@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import httpx
 
 from auth_headers import auth_headers
+from layerwatch_server.config import Settings
+from layerwatch_server.main import create_app
 
 
 def test_health_and_readiness(live_server: str, backend: str) -> None:
@@ -30,3 +35,20 @@ def test_docs_and_openapi_render(live_server: str) -> None:
     schema = ingest["requestBody"]["content"]["application/json"]["schema"]
     assert "batch_id" in schema["properties"]
     assert {"/api/v1/runs", "/api/v1/runs/{run_id}/plots/series.png"} <= set(spec["paths"])
+
+
+def test_an_unmigrated_database_is_not_ready(tmp_path: Path) -> None:
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}"), migrate=False)
+
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/readyz")
+
+    ready = asyncio.run(ask())
+    assert ready.status_code == 503
+    assert ready.json() == {
+        "status": "unavailable",
+        "detail": "schema is not migrated",
+        "code": "unavailable",
+    }

@@ -179,6 +179,15 @@ BAD_BATCHES: dict[str, tuple[Callable[[Doc], Any], str]] = {
     "module with negative params": (_set("models.0.modules.1.params", -1), "params"),
     "module shape negative": (_set("models.0.modules.1.outputs", [[8, -16]]), "outputs"),
     "module type empty": (_set("models.0.modules.1.type", ""), "type"),
+    # what only lax parsing would take: the schema says integer, or number
+    "boolean step": (_set("stats.0.steps.1", True), "steps"),
+    "step as a string": (_set("stats.0.steps.1", "1"), "steps"),
+    "count as a string": (_set("histograms.0.counts.0.2", "3"), "counts"),
+    "boolean rank": (_set("rank", True), "rank"),
+    "boolean in a module shape": (_set("models.0.modules.1.outputs", [[8, False]]), "outputs"),
+    "number as a string": (_set("stats.0.mean.2", "1.5"), "mean"),
+    "boolean for a float": (_set("stats.0.std.0", False), "std"),
+    "lowercase nan": (_set("stats.0.std.0", "nan"), "std"),
 }
 
 
@@ -194,6 +203,22 @@ def test_invalid_batch_is_refused_whole(api: httpx.Client, case: str) -> None:
     assert response.status_code == 422, response.text
     assert named in response.text
     assert_nothing_stored(api, run_id)
+
+
+def test_what_the_schema_allows_besides_is_accepted(api: httpx.Client) -> None:
+    """Integers written as 3.0 (integers to JSON Schema); NaN and infinities as strings."""
+    doc = valid_doc()
+    doc["stats"][0]["steps"] = [0.0, 1.0, 2.0]
+    doc["stats"][0]["mean"] = ["NaN", "Infinity", "-Infinity"]
+    doc["scalars"][0]["values"][0] = "NaN"
+    run_id = create_run(api)
+
+    response = api.post(f"/runs/{run_id}/batches", content=json.dumps(doc))
+
+    assert response.status_code == 200, response.text
+    series = api.get(f"/runs/{run_id}/series", params={"tensor": "fc1"}).json()
+    assert series["steps"] == [0, 1, 2]
+    assert series["values"] == ["NaN", "Infinity", "-Infinity"]
 
 
 def test_validation_errors_point_at_the_field(api: httpx.Client) -> None:

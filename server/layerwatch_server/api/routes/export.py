@@ -9,17 +9,24 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from layerwatch import wire
+from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.api.params import AnyRank, RunId, Step
 from layerwatch_server.db import managed_session
 from layerwatch_server.store.export import ExportPlan, Table, iter_csv, plan_export, write_npz
+from layerwatch_server.wire_schema import Name
 
-router = APIRouter(tags=["export"])
+router = APIRouter(
+    tags=["export"],
+    responses=error_responses(
+        404,
+        422,
+        503,
+        not_found="`run_not_found`, `tensor_not_found` or `scalar_not_found`: "
+        "no such run, or the run has no such tensor or scalar.",
+    ),
+)
 
-Names = Annotated[list[wire.Name] | None, Query(max_length=1024)]
-_RESPONSES: dict[int | str, dict[str, str]] = {
-    404: {"description": "No such run, tensor or scalar."},
-    422: {"description": "Invalid parameters."},
-}
+Names = Annotated[list[Name] | None, Query(max_length=1024)]
 
 
 def _plan(
@@ -50,7 +57,7 @@ Scalars = Annotated[Names, Query(description="Only these scalars (repeat).")]
 @router.get(
     "/runs/{run_id}/export.csv",
     response_class=StreamingResponse,
-    responses={**_RESPONSES, 200: {"content": {"text/csv": {}}, "description": "CSV."}},
+    responses={200: {"content": {"text/csv": {}}, "description": "CSV."}},
 )
 def export_csv(
     request: Request,
@@ -75,10 +82,7 @@ def export_csv(
 @router.get(
     "/runs/{run_id}/export.npz",
     response_class=Response,
-    responses={
-        **_RESPONSES,
-        200: {"content": {"application/octet-stream": {}}, "description": "A NumPy npz."},
-    },
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "A NumPy npz."}},
 )
 def export_npz(
     request: Request,

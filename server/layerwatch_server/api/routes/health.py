@@ -6,7 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from layerwatch_server.errors import UNAVAILABLE
 from layerwatch_server.migrate import is_up_to_date
+from layerwatch_server.schemas import Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +19,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: `unavailable`."}},
+)
 def readyz(request: Request) -> JSONResponse:
     """The database answers and its schema is at the newest migration."""
     engine = request.app.state.engine
@@ -26,7 +32,11 @@ def readyz(request: Request) -> JSONResponse:
             connection.execute(text("SELECT 1"))
         migrated = is_up_to_date(engine)
     except Exception as error:  # any failure means "not ready", never a 500
-        return JSONResponse({"status": "unavailable", "detail": str(error)[:200]}, 503)
+        return _unavailable(str(error)[:200])
     if not migrated:
-        return JSONResponse({"status": "unavailable", "detail": "schema is not migrated"}, 503)
+        return _unavailable("schema is not migrated")
     return JSONResponse({"status": "ok", "database": engine.dialect.name})
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    return JSONResponse({"status": "unavailable", "detail": detail, "code": UNAVAILABLE}, 503)

@@ -9,8 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from layerwatch import wire
 from layerwatch_server import store
-from layerwatch_server.api.body import json_body, read_body
+from layerwatch_server.api.body import parse_json, read_body
 from layerwatch_server.api.deps import SettingsDep, WriteSessionsDep
+from layerwatch_server.api.openapi import error_responses, json_body
 from layerwatch_server.api.params import RunId
 from layerwatch_server.db import managed_session
 
@@ -21,14 +22,9 @@ router = APIRouter(tags=["ingest"])
     "/runs/{run_id}/batches",
     response_model=wire.BatchReceipt,
     openapi_extra=json_body(wire.Batch),
-    responses={
-        404: {"description": "No such run"},
-        409: {"description": "The batch contradicts stored data"},
-        413: {"description": "Body too large"},
-        415: {"description": "Content-Encoding other than gzip"},
-        422: {"description": "Invalid batch"},
-        503: {"description": "Database busy; retry after `Retry-After` seconds"},
-    },
+    responses=error_responses(
+        404, 409, 413, 415, 422, 503, not_found="`run_not_found`: no run with this id."
+    ),
 )
 async def ingest_batch(
     run_id: RunId,
@@ -42,7 +38,7 @@ async def ingest_batch(
     def parse_and_store() -> wire.BatchReceipt:
         # Parsing, storing and committing share one worker-thread hop: a batch
         # is small work, and each hop costs as much as validating it.
-        batch = wire.Batch.model_validate_json(body)
+        batch = parse_json(wire.Batch, body)
         digest = hashlib.sha256(body).hexdigest()
         with managed_session(sessions) as session:
             return store.ingest_batch(session, run_id, batch, digest=digest)

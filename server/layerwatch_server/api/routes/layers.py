@@ -7,10 +7,20 @@ from fastapi import APIRouter
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SessionDep
+from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.api.params import AnyRank, Limit, PageLimit, Rank, RunId, Step, TensorName
 from layerwatch_server.schemas import ModelTreesPublic, UnitMeansPublic, WeightChangesPublic
 
-router = APIRouter(tags=["layers"])
+router = APIRouter(
+    tags=["layers"],
+    responses=error_responses(
+        404,
+        422,
+        503,
+        not_found="`run_not_found` or `tensor_not_found`: no such run, or the "
+        "run has no such tensor.",
+    ),
+)
 
 
 @router.get("/runs/{run_id}/unit-means", response_model=UnitMeansPublic)

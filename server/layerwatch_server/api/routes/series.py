@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SessionDep
+from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.api.params import Limit, MaxPoints, PageLimit, Rank, RunId, Step, TensorName
 from layerwatch_server.schemas import (
     HistogramsPublic,
@@ -15,7 +16,16 @@ from layerwatch_server.schemas import (
     SeriesPublic,
 )
 
-router = APIRouter(tags=["series"])
+router = APIRouter(
+    tags=["series"],
+    responses=error_responses(
+        404,
+        422,
+        503,
+        not_found="`run_not_found`, `tensor_not_found` or `scalar_not_found`: "
+        "no such run, or the run has no such tensor or scalar.",
+    ),
+)
 
 
 @router.get("/runs/{run_id}/series", response_model=SeriesPublic)

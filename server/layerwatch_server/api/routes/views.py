@@ -18,19 +18,36 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import create_model
 
 from layerwatch_server import store
+from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.api.params import RunId
 from layerwatch_server.db import managed_session
 from layerwatch_server.views import VIEWS, ImageParams, View, ViewData, render_png
 
-router = APIRouter(tags=["plots"])
-
 FINISHED_MAX_AGE = 3600
 DOWNSAMPLED = "X-Layerwatch-Downsampled"
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Not modified since the ETag given in If-None-Match."},
-    404: {"description": "No such run, tensor or probe."},
-    422: {"description": "Invalid parameters."},
-}
+_CACHING = {
+    "ETag": {"description": "The view, its parameters and the version of the runs' data.",
+             "required": True, "schema": {"type": "string"}},
+    "Cache-Control": {"description": "`no-cache` while the run is running, else cacheable.",
+                      "required": True, "schema": {"type": "string"}},
+}  # fmt: skip
+_DOWNSAMPLED = {
+    DOWNSAMPLED: {"description": "Whether data was thinned or capped to draw it.",
+                  "required": True, "schema": {"type": "string", "enum": ["true", "false"]}},
+}  # fmt: skip
+
+router = APIRouter(
+    tags=["plots"],
+    responses={
+        304: {"description": "Not modified since the ETag given in If-None-Match.",
+              "headers": _CACHING},
+        **error_responses(
+            404, 422, 503, not_found="`run_not_found`, `tensor_not_found`, `scalar_not_found`, "
+            "`probe_not_found` or `not_found`: no such run, or the run has no such tensor, "
+            "scalar, probe, layer or model."
+        ),
+    },
+)  # fmt: skip
 
 
 def _etag(view: str, fmt: str, params: dict[str, Any], version: tuple[object, ...]) -> str:
@@ -102,14 +119,15 @@ def _add_routes(view: View[Any, Any]) -> None:
     router.add_api_route(
         f"/runs/{{run_id}}/plots/{view.name}.png", png, methods=["GET"],
         summary=view.summary, response_class=Response, name=f"plot_{view.name}_png",
-        responses={**_RESPONSES, 200: {"content": {"image/png": {}}, "description": "A PNG."}},
+        responses={200: {"content": {"image/png": {}}, "description": "A PNG.",
+                         "headers": _CACHING | _DOWNSAMPLED}},
     )  # fmt: skip
     router.add_api_route(
         f"/runs/{{run_id}}/plots/{view.name}.json", json, methods=["GET"],
         summary=f"{view.summary} (the numbers)", response_class=Response,
         name=f"plot_{view.name}_json",
-        responses={**_RESPONSES, 200: {"content": {"application/json": {
-            "schema": view.data.model_json_schema()}}, "description": "The plotted data."}},
+        responses={200: {"model": view.data, "description": "The plotted data.",
+                         "headers": _CACHING | _DOWNSAMPLED}},
     )  # fmt: skip
 
 
