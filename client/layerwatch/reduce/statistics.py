@@ -217,15 +217,25 @@ def _histogram(sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: i
     """Counts of the finite values of `sample` in `bins` equal bins over `[lo, hi]`, as
     int64, without reading anything back: the range stays a tensor, and a non-finite
     value goes to a bin that is thrown away (`bincount` would read its maximum)."""
-    # Halves: hi - lo itself overflows float32 for ranges wider than its largest value.
-    lo, hi = lo * 0.5, hi * 0.5
-    width = hi - lo
-    width = torch.where(width > 0, width, torch.full_like(width, math.inf))  # lo == hi: bin 0
-    index = ((sample * 0.5 - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)  # floor
+    # hi - lo overflows float32 for ranges wider than its largest value: those are
+    # binned in halves. Halving the others would flush subnormal bounds to 0, so the
+    # choice is made per tensor, on the device (both are computed; the sample is small).
+    huge = torch.maximum(lo.abs(), hi.abs()) > _FLOAT32_SAFE
+    index = torch.where(
+        huge,
+        _bin_index(sample * 0.5, lo * 0.5, hi * 0.5, bins),
+        _bin_index(sample, lo, hi, bins),
+    )
     index = torch.where(torch.isfinite(sample), index, bins)
     counts = torch.zeros(bins + 1, dtype=torch.int64, device=sample.device)
     counts.index_add_(0, index, torch.ones_like(index))
     return counts[:bins]
+
+
+def _bin_index(sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
+    width = hi - lo
+    width = torch.where(width > 0, width, torch.full_like(width, math.inf))  # lo == hi: bin 0
+    return ((sample - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)  # floor
 
 
 def unit_dim(shape: torch.Size | tuple[int, ...], module_type: str) -> int | None:

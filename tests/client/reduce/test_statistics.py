@@ -215,3 +215,11 @@ def test_histograms_of_extreme_ranges_keep_every_value(values: list[float]) -> N
         assert counts[0].item() >= 1  # the minimum is in the first bin
         if values[0] != values[-1]:
             assert counts[-1].item() >= 1  # and the maximum in the last
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_histograms_of_subnormal_ranges(sync: bool) -> None:
+    values = torch.tensor([-1e-45, 0.0, 0.0], dtype=torch.float32)  # the smallest subnormal
+    summary = Summarizer(bins=2).summarize(values, units=None, sync=sync)
+    assert summary.counts is not None
+    assert summary.counts.tolist() == [1, 2]  # as np.histogram bins them
