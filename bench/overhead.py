@@ -29,6 +29,7 @@ import inspect
 import json
 import math
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -47,7 +48,8 @@ from report import machine, markdown
 if TYPE_CHECKING:
     import torch
 
-FAMILIES = ("layerwatch", "wandb", "tensorboard")
+FAMILIES = ("layerwatch", "layerwatch-step", "wandb", "tensorboard")
+# layerwatch-step: `run.watch(model)` without the optimizer, and `run.step()` after each update
 PEERS = ("wandb", "tensorboard")
 TARGETS = {1: 1.30, 10: 1.03}  # layerwatch step time / baseline step time, by capture interval
 BLOCK = 10  # steps per timing block: one capture per block at every=1, 2, 5 or 10
@@ -107,6 +109,9 @@ class Tracker:
     def log(self, step: int, loss: torch.Tensor) -> None:
         """Called once per step, after backward and before the optimizer step."""
 
+    def stepped(self) -> None:
+        """Called once per step, after the optimizer step."""
+
     def close(self) -> dict[str, Any]:
         """Called after the timed steps (untimed); returns figures for the report."""
         return {}
@@ -116,13 +121,24 @@ class LayerwatchTracker(Tracker):
     """`Run.watch()` with every capture option it offers switched on, and `run.log()`."""
 
     def __init__(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, every: int, server: str
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        every: int,
+        server: str,
+        *,
+        manual_steps: bool = False,
     ) -> None:
         import layerwatch
 
         self.run = layerwatch.Run(server, project="bench", name=f"overhead-every{every}")
         self.capture = full_capture_options(self.run.watch)
-        self.run.watch(model, optimizer, every=every, **self.capture)
+        self.manual_steps = manual_steps
+        self.run.watch(model, None if manual_steps else optimizer, every=every, **self.capture)
+
+    def stepped(self) -> None:
+        if self.manual_steps:
+            self.run.step()
 
     def log(self, step: int, loss: torch.Tensor) -> None:
         self.run.log({"loss": loss})
@@ -244,8 +260,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     tracker: Tracker
     if args.family == "baseline":
         tracker = Tracker()
-    elif args.family == "layerwatch":
-        tracker = LayerwatchTracker(model, optimizer, args.every, args.server)
+    elif args.family in ("layerwatch", "layerwatch-step"):
+        tracker = LayerwatchTracker(model, optimizer, args.every, args.server,
+                                    manual_steps=args.family == "layerwatch-step")  # fmt: skip
     elif args.family == "wandb":
         tracker = WandbTracker(model, args.every, directory)
     else:
@@ -257,6 +274,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         tracker.log(step, loss)
         optimizer.step()
+        tracker.stepped()
         optimizer.zero_grad()
 
     for step in range(args.warmup):
@@ -278,6 +296,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "mean_ms": 1000 * statistics.fmean(seconds),
         "block_median_ms": 1000 * statistics.median(blocks),
         "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **extra,
     }
 
@@ -427,7 +446,7 @@ def measure_row(row: Row, args: argparse.Namespace, directory: Path, server: str
 
 def verdict(row: Row, rows: list[Row]) -> tuple[str, str]:
     """The target of a layerwatch row and whether it is met; peers have none."""
-    if row.mode.family != "layerwatch":
+    if not row.mode.family.startswith("layerwatch"):
         return "-", "-"
     peers = [
         r.ratio for r in rows
@@ -469,7 +488,8 @@ def report(rows: list[Row]) -> str:
 
 
 def installed(family: str) -> bool:
-    module = {"layerwatch": "layerwatch", "wandb": "wandb", "tensorboard": "tensorboard"}[family]
+    module = {"layerwatch": "layerwatch", "layerwatch-step": "layerwatch", "wandb": "wandb",
+              "tensorboard": "tensorboard"}[family]  # fmt: skip
     return importlib.util.find_spec(module) is not None
 
 
@@ -552,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row.skipped = "skipped (not installed)"
     with tempfile.TemporaryDirectory(prefix="layerwatch-overhead-") as tmp:
         directory = Path(tmp)
-        wants_server = any(r.mode.family == "layerwatch" and not r.skipped for r in rows)
+        wants_server = any(r.mode.family.startswith("layerwatch") and not r.skipped for r in rows)
         with serve(directory) if wants_server else contextlib.nullcontext("") as server:
             for row in rows:
                 if not row.skipped:
