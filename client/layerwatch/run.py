@@ -118,7 +118,8 @@ class Run:
     * **backoff** - first retry delay in seconds; doubles per failure, up to a minute.
     * **spool_dir** - folder of the on-disk spool of unsent batches, one subfolder per
       run; defaults to `$LAYERWATCH_SPOOL_DIR`, then `~/.cache/layerwatch/spool`.
-      `None` (or `False`) keeps them in memory only, and drops them at exit.
+      `None` (or `False`) keeps them in memory only (at most `max_queue` records, and
+      at least 100 batches), and drops them at exit.
     * **max_spool_bytes** - most bytes of unsent batches kept; the oldest are dropped
       beyond it. Defaults to 1 GiB.
     * **http** - an `httpx.Client` to send with (e.g. one with a `MockTransport`); it is

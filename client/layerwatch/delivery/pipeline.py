@@ -51,7 +51,10 @@ class Delivery:
         assert run.id is not None
         self._buffer = buffer
         self._log_once = OnceLog()
-        memory = spool if spool is not None else MemorySpool(100 * batch_size)
+        # Without a disk spool, unsent batches wait in memory: as many records as the
+        # queue holds, and at least 100 batches' worth, so an outage of a few seconds
+        # at full rate loses nothing.
+        memory = spool if spool is not None else MemorySpool(max(buffer.maxsize, 100 * batch_size))
         self._outbox = Outbox(memory, tensors, self._log_once)
         self._spooler = Spooler(
             buffer=buffer, outbox=self._outbox, flush_secs=flush_secs, batch_size=batch_size,
