@@ -40,6 +40,7 @@ from layerwatch_server.api.routes import (
 from layerwatch_server.auth.hosts import HostAllowlist
 from layerwatch_server.auth.rate_limit import TokenBuckets
 from layerwatch_server.config import Settings, get_settings
+from layerwatch_server.dashboard import install as install_dashboard
 from layerwatch_server.db import make_engine, make_sessionmakers, managed_session
 from layerwatch_server.errors import (
     UNAVAILABLE,
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         dependencies=[Depends(AUTHORIZE_ADMIN)],
         responses=error_responses(403),  # reads too: every token route needs an admin token
     )
+    install_dashboard(app)
     _install_error_handlers(app, settings)
     if settings.cors_origins:
         app.add_middleware(

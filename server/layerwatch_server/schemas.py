@@ -175,6 +175,17 @@ class HistogramsPublic(_Public):
     next_after_step: int | None
 
 
+class HistogramStepsPublic(_Public):
+    """The steps at which one tensor has a histogram."""
+
+    tensor: str
+    kind: Kind
+    rank: int
+    steps: list[int]
+    total: int = Field(description="Steps with a histogram before thinning.")
+    downsampled: bool
+
+
 class UnitMeansPublic(_Public):
     """Per-unit means of one activation: ``values[i]`` holds the units at ``steps[i]``."""
 
@@ -283,4 +294,44 @@ class TokenCreated(TokenPublic):
 
 class TokensPublic(_Public):
     data: list[TokenPublic]
+    count: int
+
+
+class LayerLatest(_Public):
+    """One tensor's newest statistics, and the recent values of one of them (a sparkline)."""
+
+    name: str
+    kind: Kind
+    module_type: str | None
+    shape: list[int] | None
+    step: int | None = Field(description="Step of the newest statistics; null: none stored.")
+    stats: dict[StatName, float | None]
+    update_ratio: float | None = Field(
+        description="Newest update-to-weight ratio (weights whose change is captured)."
+    )
+    trend_stat: StatName = Field(description="The statistic `trend` follows.")
+    trend_steps: list[int]
+    trend: list[float | None] = Field(description="Its newest values, oldest first.")
+
+
+class LayersLatestPublic(_Public):
+    run_id: str
+    rank: int
+    data: list[LayerLatest] = Field(description="In network order.")
+    count: int
+
+
+class LatestScalar(_Public):
+    step: int
+    value: float | None
+
+
+class RunLatestScalars(_Public):
+    run_id: str
+    last_step: int | None = Field(description="The newest step of any scalar; null: none.")
+    scalars: dict[str, LatestScalar]
+
+
+class LatestScalarsPublic(_Public):
+    data: list[RunLatestScalars]
     count: int

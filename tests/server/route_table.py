@@ -22,6 +22,11 @@ PUBLIC = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    # The dashboard's login form, its post and the logout (CSRF-checked), and the
+    # pages' scripts and styles: no data. The pages themselves need a reader's token.
+    "/login",
+    "/logout",
+    "/static",
 }
 
 

@@ -52,6 +52,21 @@ def _server_is_open(request: Request, session: Session) -> bool:
     return True
 
 
+SESSION_COOKIE = "layerwatch_token"
+"""The dashboard's login: the token in an HttpOnly, SameSite=Strict cookie (`dashboard.login`)."""
+
+
+def presented_secret(request: Request, header: str | None) -> str | None:
+    """The token a request presents: its bearer header, else, for reads only, the
+    dashboard's cookie. A cookie never authorizes a write, so a forged cross-site
+    request (CSRF) has nothing to ride on even where SameSite is not honoured."""
+    if header is not None:
+        return header
+    if request.method in ("GET", "HEAD"):
+        return request.cookies.get(SESSION_COOKIE)
+    return None
+
+
 def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -60,9 +75,10 @@ def authenticate(
     with managed_session(request.app.state.read_sessions) as session:
         if _server_is_open(request, session):
             return OPEN
-        if credentials is None:
+        secret = presented_secret(request, credentials.credentials if credentials else None)
+        if secret is None:
             _refuse(request, "no bearer token")
-        token = tokens.find_token(session, credentials.credentials)
+        token = tokens.find_token(session, secret)
         if token is None:
             _refuse(request, "a malformed, unknown, expired or revoked token")
         access = Access(
@@ -104,11 +120,12 @@ def is_authenticated(request: Request) -> bool:
     handler of that refusal asks this first, so the caller without a token
     still hears 401, not what the route expects.
     """
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    secret = presented_secret(request, value.strip() if scheme.lower() == "bearer" else None)
     with managed_session(request.app.state.read_sessions) as session:
         if _server_is_open(request, session):
             return True
-        return scheme.lower() == "bearer" and tokens.find_token(session, secret.strip()) is not None
+        return secret is not None and tokens.find_token(session, secret) is not None
 
 
 class Authorize:
@@ -153,7 +170,8 @@ def _check_projects(request: Request, access: Access) -> None:
     project = request.path_params.get("project") or request.query_params.get("project")
     if project is not None and not access.covers(project):
         raise no_such_project(project)
-    run_ids = [request.path_params.get("run_id"), *request.query_params.getlist("compare")]
+    query = request.query_params
+    run_ids = [request.path_params.get("run_id"), *query.getlist("compare"), *query.getlist("run")]
     wanted = [run_id for run_id in run_ids if run_id]
     if not wanted:
         return

@@ -171,9 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train a small network against a local server and write its plots"
     )
     demo.add_argument("--out", default="layerwatch-demo", help="folder for data and plots")
-    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument(
+        "--epochs", type=int, default=None, help="epochs to train (default 8; 40 with --serve)"
+    )
     demo.add_argument("--port", type=int, default=0, help="server port (default: any free)")
-    demo.add_argument("--serve", action="store_true", help="keep the server running after training")
+    demo.add_argument(
+        "--serve", action="store_true",
+        help="train slowly while the dashboard shows it live, then keep serving",
+    )  # fmt: skip
     demo.set_defaults(handler=_demo)
 
     sync = commands.add_parser(

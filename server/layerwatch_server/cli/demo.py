@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,19 @@ def _digits(seed: int) -> tuple[Any, Any, Any, Any]:
     )
 
 
-def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
-    """Train the digits MLP with layerwatch attached; return the run id."""
+def train(
+    server: str,
+    *,
+    epochs: int,
+    seed: int = 0,
+    every: int = 5,
+    pace: float = 0.0,
+    on_start: Callable[[str], None] | None = None,
+) -> str:
+    """Train the digits MLP with layerwatch attached; return the run id.
+
+    ``pace`` seconds of sleep per batch make a run slow enough to watch live;
+    ``on_start`` hears the run id before the first step."""
     import torch
     from torch import nn
 
@@ -70,6 +82,8 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
         explain = 8 if importlib.util.find_spec("captum") else 0
         probe = layerwatch.Probe(x_test[:256], y_test[:256], attributions=explain)
         run.watch(model, optimizer=optimizer, every=every, probe=probe)
+        if on_start is not None:
+            on_start(run.id)
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(x_train))
@@ -82,6 +96,8 @@ def train(server: str, *, epochs: int, seed: int = 0, every: int = 5) -> str:
                 acc = (logits.argmax(1) == y_train[index]).float().mean()
                 run.log({"loss": loss.detach(), "train_acc": acc})
                 optimizer.step()
+                if pace:
+                    time.sleep(pace)
             model.eval()
             with torch.no_grad():
                 test_acc = (model(x_test).argmax(1) == y_test).float().mean().item()
@@ -132,14 +148,29 @@ def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
     return written
 
 
-def run_demo(*, out: str | Path, epochs: int = 8, port: int = 0, serve: bool = False) -> int:
+SERVE_PACE = 0.1
+"""Seconds per batch with ``--serve``: about two seconds an epoch, to watch it learn."""
+
+
+def run_demo(
+    *, out: str | Path, epochs: int | None = None, port: int = 0, serve: bool = False
+) -> int:
+    """Serve, train, fetch the plots; with ``serve``, train slowly (40 epochs by default)
+    while the dashboard shows it, then keep serving until Ctrl-C."""
+    if epochs is None:
+        epochs = 40 if serve else 8
     out = Path(out).resolve()
     # Loopback only: open while its database has no token, answering loopback names only.
     settings = Settings(data_dir=out / "data", allow_open=True, allowed_hosts=list(LOOPBACK_HOSTS))
     started = time.perf_counter()
     with serve_in_thread(create_app(settings), port=port) as server:
         print(f"layerwatch server: {server} (SQLite at {settings.data_dir / 'layerwatch.db'})")
-        run_id = train(server, epochs=epochs)
+
+        def announce(run_id: str) -> None:
+            if serve:
+                print(f"dashboard: {server}/runs/{run_id}  (all runs: {server}/)", flush=True)
+
+        run_id = train(server, epochs=epochs, pace=SERVE_PACE if serve else 0.0, on_start=announce)
         plots = fetch_plots(server, run_id, out / "plots")
         print(f"run {run_id}: {server}/api/v1/runs/{run_id}")
         print(f"{len(plots)} plots in {out / 'plots'}:")
@@ -147,7 +178,7 @@ def run_demo(*, out: str | Path, epochs: int = 8, port: int = 0, serve: bool = F
             print(f"  {path.name}")
         print(f"done in {time.perf_counter() - started:.1f} s")
         if serve:
-            print(f"serving {server} until Ctrl-C")
+            print(f"dashboard: {server}/runs/{run_id}; serving until Ctrl-C", flush=True)
             try:
                 while True:
                     time.sleep(3600)

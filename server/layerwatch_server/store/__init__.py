@@ -15,13 +15,14 @@ from layerwatch_server.store.runs import (
     update_run,
 )
 from layerwatch_server.store.scalars import get_scalar_series, list_scalar_names
-from layerwatch_server.store.series import get_histograms, get_series
+from layerwatch_server.store.series import get_histogram_steps, get_histograms, get_series
 
 __all__ = [
     "EmbeddingKey",
     "create_or_resume_run",
     "data_version",
     "get_embedding",
+    "get_histogram_steps",
     "get_histograms",
     "get_model_trees",
     "get_probe",

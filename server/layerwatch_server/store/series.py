@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from layerwatch import wire
 from layerwatch_server.models import SqlHistogram, SqlStat
-from layerwatch_server.schemas import HistogramPublic, HistogramsPublic, SeriesPublic
+from layerwatch_server.schemas import (
+    HistogramPublic,
+    HistogramsPublic,
+    HistogramStepsPublic,
+    SeriesPublic,
+)
 from layerwatch_server.store import codec
 from layerwatch_server.store.paging import cut_page, page_by_step, read_series
 from layerwatch_server.store.runs import require_tensor_id
@@ -85,4 +91,37 @@ def get_histograms(
         )
     return HistogramsPublic(
         tensor=tensor, kind=kind, data=data, count=len(data), next_after_step=next_after
+    )
+
+
+def get_histogram_steps(
+    session: Session,
+    run_id: str,
+    *,
+    tensor: str,
+    kind: wire.Kind,
+    rank: int = 0,
+    max_points: int = 2000,
+) -> HistogramStepsPublic:
+    """The steps that have a histogram of one tensor, thinned evenly to at most
+    ``max_points`` (the first and last always kept): the stops of a step slider."""
+    tensor_id = require_tensor_id(session, run_id, tensor, kind)
+    steps = list(
+        session.scalars(
+            select(SqlHistogram.step)
+            .where(SqlHistogram.tensor_id == tensor_id, SqlHistogram.rank == rank)
+            .order_by(SqlHistogram.step)
+        )
+    )
+    total = len(steps)
+    if total > max_points:
+        keep = np.unique(np.linspace(0, total - 1, max_points).round().astype(np.int64))
+        steps = [steps[i] for i in keep]
+    return HistogramStepsPublic(
+        tensor=tensor,
+        kind=kind,
+        rank=rank,
+        steps=steps,
+        total=total,
+        downsampled=total > len(steps),
     )

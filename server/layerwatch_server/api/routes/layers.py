@@ -1,15 +1,23 @@
-"""Per-layer records over steps as JSON: unit means, weight changes, the model tree."""
+"""Per-layer records as JSON: the newest of each, unit means, weight changes, the model tree."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.api.deps import SessionDep
 from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.api.params import AnyRank, Limit, PageLimit, Rank, RunId, Step, TensorName
-from layerwatch_server.schemas import ModelTreesPublic, UnitMeansPublic, WeightChangesPublic
+from layerwatch_server.schemas import (
+    LayersLatestPublic,
+    ModelTreesPublic,
+    UnitMeansPublic,
+    WeightChangesPublic,
+)
+from layerwatch_server.store.latest import latest_layers
 
 router = APIRouter(
     tags=["layers"],
@@ -21,6 +29,18 @@ router = APIRouter(
         "run has no such tensor.",
     ),
 )
+
+
+@router.get("/runs/{run_id}/layers/latest", response_model=LayersLatestPublic)
+def get_latest_layers(
+    session: SessionDep,
+    run_id: RunId,
+    rank: Rank = 0,
+    trend: Annotated[int, Query(ge=0, le=1000, description="Recent values per tensor.")] = 50,
+) -> LayersLatestPublic:
+    """Every tensor in network order with its newest statistics and recent trend, in one
+    request: the layer table of a dashboard."""
+    return latest_layers(session, run_id, rank=rank, trend=trend)
 
 
 @router.get("/runs/{run_id}/unit-means", response_model=UnitMeansPublic)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from layerwatch import wire
 from layerwatch_server import store
@@ -11,10 +13,13 @@ from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.api.params import Limit, MaxPoints, PageLimit, Rank, RunId, Step, TensorName
 from layerwatch_server.schemas import (
     HistogramsPublic,
+    HistogramStepsPublic,
+    LatestScalarsPublic,
     ScalarNamesPublic,
     ScalarSeriesPublic,
     SeriesPublic,
 )
+from layerwatch_server.store.latest import latest_scalars
 
 router = APIRouter(
     tags=["series"],
@@ -86,6 +91,23 @@ def get_histograms(
     )
 
 
+@router.get("/runs/{run_id}/histograms/steps", response_model=HistogramStepsPublic)
+def get_histogram_steps(
+    session: SessionDep,
+    run_id: RunId,
+    tensor: TensorName,
+    kind: wire.Kind = "activation",
+    rank: Rank = 0,
+    max_points: Annotated[
+        int, Query(ge=2, le=100_000, description="Thin evenly to at most this many steps.")
+    ] = 2000,
+) -> HistogramStepsPublic:
+    """The steps at which one tensor has a histogram: e.g. the stops of a step slider."""
+    return store.get_histogram_steps(
+        session, run_id, tensor=tensor, kind=kind, rank=rank, max_points=max_points
+    )
+
+
 @router.get("/runs/{run_id}/scalars", response_model=ScalarNamesPublic)
 def list_scalar_names(session: SessionDep, run_id: RunId) -> ScalarNamesPublic:
     """Names of the scalars a run has logged."""
@@ -116,3 +138,20 @@ def get_scalar_series(
         limit=limit,
         max_points=max_points,
     )
+
+
+_RUN_IDS = Query(
+    min_length=1,
+    max_length=200,
+    description="Run ids (repeat, up to 200): e.g. the page of runs a listing shows.",
+)
+
+
+@router.get("/scalars/latest", response_model=LatestScalarsPublic)
+def get_latest_scalars(
+    session: SessionDep,
+    run: Annotated[list[Annotated[str, Query(max_length=64)]], _RUN_IDS],
+    rank: Rank = 0,
+) -> LatestScalarsPublic:
+    """The newest value of every scalar of each run, and each run's newest step."""
+    return latest_scalars(session, run, rank=rank)

@@ -1,0 +1,146 @@
+/* Run page: header, scalar charts, the layer table and the model tree; live while running. */
+"use strict";
+
+(() => {
+  const runId = document.body.dataset.run;
+  const runPath = `/runs/${encodeURIComponent(runId)}`;
+  const charts = new Map();  // scalar name -> uPlot
+  const layerTable = document.getElementById("layers");
+
+  function renderHead(run, tensors) {
+    const head = document.getElementById("head");
+    const config = Object.entries(run.config || {});
+    head.replaceChildren(
+      LW.el("h1", {}, `${run.name} `, LW.statusBadge(run.status)),
+      LW.el("dl", {},
+        LW.el("dt", { text: "project" }), LW.el("dd", { text: run.project }),
+        LW.el("dt", { text: "id" }), LW.el("dd", {}, LW.el("code", { text: run.id })),
+        LW.el("dt", { text: "host" }), LW.el("dd", { text: run.host || "–" }),
+        LW.el("dt", { text: "started" }), LW.el("dd", { text: new Date(run.started_at).toLocaleString() }),
+        LW.el("dt", { text: "duration" }), LW.el("dd", { text: LW.duration(run.started_at, run.status === "running" ? null : run.finished_at || run.updated_at) }),
+        LW.el("dt", { text: "last seen" }), LW.el("dd", { text: run.last_seen_at ? new Date(run.last_seen_at).toLocaleTimeString() : "–" }),
+        LW.el("dt", { text: "tensors" }), LW.el("dd", { text: String(tensors) }),
+        LW.el("dt", { text: "tags" }), LW.el("dd", {}, run.tags.length ? run.tags.map((t) => LW.el("span", { class: "tag", text: t })) : "–"),
+      ),
+      LW.el("dl", { "aria-label": "config" },
+        config.length ? config.flatMap(([key, value]) => [
+          LW.el("dt", { text: key }),
+          LW.el("dd", { text: typeof value === "object" ? JSON.stringify(value) : String(value) }),
+        ]) : [LW.el("dt", { text: "config" }), LW.el("dd", { text: "–" })],
+      ),
+    );
+    document.title = `${run.name} · layerwatch`;
+  }
+
+  async function loadScalars() {
+    const names = (await LW.api(`${runPath}/scalars`)).data;
+    const container = document.getElementById("scalars");
+    document.getElementById("no-scalars").hidden = names.length > 0;
+    for (const name of names) {
+      if (charts.has(name)) continue;
+      const plot = LW.chart(container, name, [name]);
+      charts.set(name, plot);
+      const series = await LW.api(`${runPath}/scalars/series`, { name, max_points: LW.maxPoints(plot) });
+      LW.append(plot, series.steps, [series.values]);
+      plot.lastStep = series.steps.length ? series.steps[series.steps.length - 1] : null;
+    }
+  }
+
+  /* New points only: everything after the last step drawn, appended. */
+  async function appendScalars() {
+    await loadScalars();  // a scalar logged for the first time gets its chart
+    for (const [name, plot] of charts) {
+      let after = plot.lastStep;
+      for (;;) {
+        const page = await LW.api(`${runPath}/scalars/series`, { name, after_step: after, limit: 5000 });
+        LW.append(plot, page.steps, [page.values]);
+        if (page.steps.length) after = page.steps[page.steps.length - 1];
+        if (page.next_after_step === null) break;
+      }
+      plot.lastStep = after;
+    }
+  }
+
+  function problems(layer) {
+    const s = layer.stats;
+    const flags = {};
+    if (LW.num(s.nonfinite) > 0) flags.nonfinite = ["bad", "non-finite values"];
+    if (layer.kind === "activation" && LW.num(s.zero_frac) > 0.9) flags.zero_frac = ["warn", "mostly zero: dead units?"];
+    if (layer.kind === "grad" && layer.step !== null && LW.num(s.l2) !== null && LW.num(s.l2) < 1e-7) flags.l2 = ["warn", "vanishing gradient"];
+    if (layer.kind === "grad" && LW.num(s.l2) > 1e3) flags.l2 = ["bad", "exploding gradient"];
+    const ratio = LW.num(layer.update_ratio);
+    if (ratio !== null && Number.isFinite(ratio) && (ratio > 1e-1 || ratio < 1e-5)) {
+      flags.update_ratio = ["warn", ratio > 1e-1 ? "updates large for the weights (learning rate high?)" : "weights barely move (learning rate low?)"];
+    }
+    return flags;
+  }
+
+  async function loadLayers() {
+    const layers = (await LW.api(`${runPath}/layers/latest`)).data;
+    const body = layerTable.tBodies[0];
+    body.replaceChildren();
+    layers.forEach((layer, index) => {
+      const flags = problems(layer);
+      const cell = (key, value) => {
+        const flag = flags[key];
+        return LW.el("td", { class: `num${flag ? ` ${flag[0]}` : ""}`, title: flag ? flag[1] : undefined, text: LW.fmt(value) });
+      };
+      const href = `/runs/${encodeURIComponent(runId)}/layer${LW.query({ tensor: layer.name, kind: layer.kind })}`;
+      const tr = LW.el("tr", {},
+        LW.el("td", { class: "num", text: String(index + 1) }),
+        LW.el("td", {}, LW.el("a", { href, text: layer.name })),
+        LW.el("td", { text: layer.kind }),
+        LW.el("td", { text: layer.shape ? `(${layer.shape.join(", ")})` : "–" }),
+        LW.el("td", { class: "num", text: layer.step === null ? "–" : String(layer.step) }),
+        cell("mean", layer.stats.mean), cell("std", layer.stats.std),
+        cell("zero_frac", layer.stats.zero_frac), cell("nonfinite", layer.stats.nonfinite),
+        cell("l2", layer.stats.l2), cell("update_ratio", layer.update_ratio),
+        LW.el("td", { title: `${layer.trend_stat}, last ${layer.trend.length} captures` }, LW.sparkline(layer.trend)),
+      );
+      tr.sortValues = {
+        index, name: layer.name, kind: layer.kind, step: layer.step,
+        mean: LW.num(layer.stats.mean), std: LW.num(layer.stats.std), zero_frac: LW.num(layer.stats.zero_frac),
+        nonfinite: LW.num(layer.stats.nonfinite), l2: LW.num(layer.stats.l2), update_ratio: LW.num(layer.update_ratio),
+      };
+      body.append(tr);
+    });
+    LW.resort(layerTable);
+    return layers.length;
+  }
+
+  async function loadModel() {
+    const trees = (await LW.api(`${runPath}/model`)).data;
+    const box = document.getElementById("model");
+    box.replaceChildren();
+    if (!trees.length) { box.textContent = "No model tree was sent."; return; }
+    for (const tree of trees) {
+      box.append(LW.el("div", { text: `${tree.name} (rank ${tree.rank}): ${tree.params.toLocaleString()} parameters` }));
+      for (const module of tree.modules) {
+        if (!module.path) continue;
+        const depth = module.path.split(".").length;
+        const out = module.outputs && module.outputs.length ? ` → ${module.outputs.map((s) => `(${s.join(", ")})`).join(", ")}` : "";
+        const params = module.params ? `  ${module.params.toLocaleString()} params` : "";
+        box.append(LW.el("div", { text: `${"  ".repeat(depth)}${module.path}: ${module.type}${out}${params}` }));
+      }
+    }
+  }
+
+  async function start() {
+    const run = await LW.api(runPath);
+    renderHead(run, "…");
+    await loadScalars();
+    const tensors = await loadLayers();
+    renderHead(run, tensors);
+    await loadModel();
+    document.getElementById("live").hidden = run.status !== "running";
+    if (run.status === "running") {
+      LW.live(runId, async (latest) => {
+        await appendScalars();
+        renderHead(latest, await loadLayers());
+      });
+    }
+  }
+
+  LW.sortable(layerTable);
+  start();
+})();
