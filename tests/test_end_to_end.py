@@ -156,3 +156,35 @@ def test_demo_command_trains_and_writes_plots(tmp_path: Path) -> None:
         assert data.startswith(PNG_SIGNATURE)
         assert len(data) > 10_000  # real curves, not an empty frame
     assert (out / "data" / "layerwatch.db").exists()
+
+
+@pytest.mark.slow
+def test_demo_serve_prints_the_dashboard_while_the_run_trains(tmp_path: Path) -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "layerwatch_server.cli", "demo", "--serve", "--epochs", "3",
+         "--out", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        line = ""
+        for line in demo.stdout:  # the first line naming the dashboard
+            if line.startswith("dashboard: "):
+                break
+        url = line.split()[1]
+        assert url.startswith("http://127.0.0.1:")
+        assert "/runs/" in url
+        page = httpx.get(url, timeout=30)  # the demo's server is open on loopback
+        assert page.status_code == 200
+        assert 'data-page="run"' in page.text
+        base, run_id = url.split("/runs/")
+        run = httpx.get(f"{base}/api/v1/runs/{run_id}", timeout=30).json()
+        assert run["status"] == "running"  # trained slowly: there is something to watch
+        for line in demo.stdout:  # training ends, and the server keeps serving
+            if "serving until Ctrl-C" in line:
+                break
+        assert httpx.get(f"{base}/api/v1/runs/{run_id}", timeout=30).json()["status"] == "finished"
+    finally:
+        demo.kill()
+        demo.communicate(timeout=30)  # reaps it and closes its pipe

@@ -117,6 +117,8 @@ def expected(caller: str, method: str, path: str) -> str:
 
 
 def outcome(response: httpx.Response) -> str:
+    if response.status_code == 303 and response.headers["location"].startswith("/login?"):
+        return "401"  # a dashboard page's refusal: to the login form
     if response.status_code in (401, 403):
         return str(response.status_code)
     code = response.json().get("code") if response.status_code == 404 else None

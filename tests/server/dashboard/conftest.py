@@ -43,8 +43,10 @@ def _chromium() -> str | None:
     return os.environ.get("LAYERWATCH_CHROMIUM") or shutil.which("chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """One browser per module: Playwright's sync API runs an event loop on this thread
+    while it is open, which a later test's own `asyncio.run` may not share."""
     executable = _chromium()
     if executable is None:
         if os.environ.get("LAYERWATCH_REQUIRE_BROWSER"):

@@ -43,6 +43,8 @@
       const series = await LW.api(`${runPath}/scalars/series`, { name, max_points: LW.maxPoints(plot) });
       LW.append(plot, series.steps, [series.values]);
       plot.lastStep = series.steps.length ? series.steps[series.steps.length - 1] : null;
+      // Time to first chart, from navigation start: read by bench/dashboard.py.
+      if (!performance.getEntriesByName("lw:first-chart").length) performance.mark("lw:first-chart");
     }
   }
 
@@ -105,6 +107,7 @@
       body.append(tr);
     });
     LW.resort(layerTable);
+    if (!performance.getEntriesByName("lw:layers").length) performance.mark("lw:layers");
     return layers.length;
   }
 
