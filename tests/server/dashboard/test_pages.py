@@ -98,7 +98,7 @@ def test_a_batch_posted_while_the_run_page_is_open_appears_on_its_chart(
     page = open_page(live_server)
     page.goto(f"{live_server}/runs/{run_id}")
     page.wait_for_selector("#scalars .chart[data-points='10']")
-    assert page.is_visible("#live")
+    page.wait_for_selector("#live", state="visible")
 
     api.post(f"/runs/{run_id}/batches", content=body(make_batch(
         scalars=[scalars_block("loss", range(10, 25), [float(s) for s in range(10, 25)])],
@@ -155,7 +155,8 @@ def test_gallery_images_all_load_and_the_scatter_plays(
     loaded = page.eval_on_selector_all(
         ".card img:not([hidden])", "(imgs) => imgs.filter((i) => i.naturalWidth > 0).length"
     )
-    assert loaded == cards.count()  # every view has data for the CNN run: none is empty
+    notes = page.locator(".card .empty:not([hidden])").all_inner_texts()
+    assert loaded == cards.count(), notes  # every view has data for the CNN run: none is empty
     screenshot(page, "gallery")
 
     scatter = page.locator("#view-scatter")

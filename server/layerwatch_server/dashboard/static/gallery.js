@@ -172,6 +172,27 @@
     return element;
   }
 
+  /* At most IMAGE_SLOTS image requests at once (each holds a render on the server), and
+   * a busy answer (503, 429) is retried after its Retry-After, a few times. */
+  const IMAGE_SLOTS = 4;
+  let busy = 0;
+  const waiting = [];
+  async function fetchImage(url) {
+    if (busy >= IMAGE_SLOTS) await new Promise((resolve) => waiting.push(resolve));
+    busy += 1;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const response = await fetch(url, { credentials: "same-origin", cache: "no-cache" });
+        if (![429, 503].includes(response.status) || attempt === 5) return response;
+        const after = Math.min(5, Number(response.headers.get("Retry-After")) || 1);
+        await new Promise((resolve) => setTimeout(resolve, after * 1000));
+      }
+    } finally {
+      busy -= 1;
+      if (waiting.length) waiting.shift()();
+    }
+  }
+
   /* Fetch the view's image; replace it only when its ETag changed. */
   async function load(card) {
     const values = { ...card.values };
@@ -183,7 +204,7 @@
     const url = `/api/v1${runPath}/plots/${card.view.name}.png${LW.query({ ...values, width, height: Math.round(width * 0.62) })}`;
     let response;
     try {
-      response = await fetch(url, { credentials: "same-origin", cache: "no-cache" });
+      response = await fetchImage(url);
     } catch (error) {
       return false;
     }

@@ -130,12 +130,12 @@
 
   async function start() {
     const run = await LW.api(runPath);
+    document.getElementById("live").hidden = run.status !== "running";
     renderHead(run, "…");
     await loadScalars();
     const tensors = await loadLayers();
     renderHead(run, tensors);
     await loadModel();
-    document.getElementById("live").hidden = run.status !== "running";
     if (run.status === "running") {
       LW.live(runId, async (latest) => {
         await appendScalars();
