@@ -96,8 +96,8 @@ class View(Generic[P, D]):
     draw: Callable[[Figure, D], None]
 
 
-def render_png(view: View[Any, Any], data: ViewData, image: ImageParams) -> bytes:
-    """Draw `data` with `view` on a new figure of `image`'s size; PNG bytes."""
+def draw_figure(view: View[Any, Any], data: ViewData, image: ImageParams) -> Figure:
+    """`data` drawn with `view` on a new figure of `image`'s size, on an Agg canvas."""
     figure = Figure(
         figsize=(image.width / image.dpi, image.height / image.dpi),
         dpi=image.dpi,
@@ -106,6 +106,12 @@ def render_png(view: View[Any, Any], data: ViewData, image: ImageParams) -> byte
     FigureCanvasAgg(figure)
     view.draw(figure, data)
     fit_text(figure)
+    return figure
+
+
+def render_png(view: View[Any, Any], data: ViewData, image: ImageParams) -> bytes:
+    """Draw `data` with `view` on a new figure of `image`'s size; PNG bytes."""
+    figure = draw_figure(view, data, image)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from matplotlib.axes import Axes
+from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -30,6 +31,7 @@ from layerwatch_server.store import measurements
 from layerwatch_server.store.measurements import StepHistogram
 from layerwatch_server.store.runs import require_tensor_id
 from layerwatch_server.views.base import View, ViewData, ViewParams, no_data
+from layerwatch_server.views.legibility import place_legend
 from layerwatch_server.wire_schema import Name
 
 Floats = npt.NDArray[np.float64]
@@ -230,11 +232,13 @@ def draw_step_heatmap(
     label: str,
     cmap: str = "viridis",
     symmetric: bool = False,
-) -> bool:
+    limits: tuple[float, float] | None = None,
+) -> Colorbar | None:
     """``values`` (rows along y, columns per step) as coloured cells with a labelled colour bar.
 
-    Non-finite cells, and non-positive ones on a log scale, stay blank. Returns
-    whether anything was drawn.
+    Non-finite cells, and non-positive ones on a log scale, stay blank; ``limits``
+    fixes a linear colour scale's ends. Returns the colour bar, or None when
+    nothing was drawn.
     """
     shown = np.where(np.isfinite(values), values, np.nan)
     if log:
@@ -242,10 +246,12 @@ def draw_step_heatmap(
     finite = shown[np.isfinite(shown)]
     if finite.size == 0:
         no_data(axes, "no finite data")
-        return False
+        return None
     lo, hi = float(finite.min()), float(finite.max())
     norm: Normalize
-    if log:
+    if limits is not None:
+        norm = Normalize(vmin=limits[0], vmax=limits[1])
+    elif log:
         norm = LogNorm(vmin=lo, vmax=hi if hi > lo else lo * 10)
     elif symmetric and lo < 0 < hi:
         bound = max(-lo, hi)
@@ -254,9 +260,9 @@ def draw_step_heatmap(
         norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + max(abs(lo), 1.0))
     mesh = axes.pcolormesh(step_edges(steps), y_edges, np.ma.masked_invalid(shown), norm=norm,
                            cmap=cmap, shading="flat")  # fmt: skip
-    figure.colorbar(mesh, ax=axes, label=label)
+    colorbar = figure.colorbar(mesh, ax=axes, label=label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return True
+    return colorbar
 
 
 def _draw_bands(axes: Axes, data: DistributionsData) -> None:
@@ -270,7 +276,7 @@ def _draw_bands(axes: Axes, data: DistributionsData) -> None:
                           alpha=0.15 + 0.15 * k, linewidth=0, label=label)  # fmt: skip
     axes.plot(steps, bands[middle], color="tab:red", linewidth=1.2, label="median")
     axes.set_ylabel("value")
-    axes.legend(loc="best", fontsize="x-small")
+    place_legend(axes, fontsize="x-small", inside=0)  # the bands fill the axes
 
 
 def draw_distributions(figure: Figure, data: DistributionsData) -> None:

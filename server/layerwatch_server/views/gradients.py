@@ -22,6 +22,8 @@ from layerwatch_server.models import SqlStat
 from layerwatch_server.store import measurements
 from layerwatch_server.views.base import View, ViewData, no_data
 from layerwatch_server.views.distributions import StepRangeParams, draw_step_heatmap, only_with
+from layerwatch_server.views.legibility import label_positions, legend_above
+from layerwatch_server.views.tensors import leave_out_biases
 
 Floats = npt.NDArray[np.float64]
 Part = Literal["bars", "heatmap", "both"]
@@ -29,7 +31,9 @@ Part = Literal["bars", "heatmap", "both"]
 
 class GradientFlowParams(StepRangeParams):
     step: wire.Step | None = Field(None, description="Step of the bars; default: the latest.")
-    bias: bool = Field(False, description="Include gradients of parameters named `*.bias`.")
+    bias: bool = Field(
+        False, description="Include gradients of biases (`fc.bias`, an LSTM's `bias_ih_l0`)."
+    )
     part: Part = Field("both", description="Bars at one step, a heatmap over steps, or both.")
 
     @model_validator(mode="after")
@@ -61,10 +65,7 @@ def compute_gradient_flow(
     notes: list[str] = []
     tensors = measurements.list_tensor_ids(session, run_id, kind="grad", table=SqlStat)
     if not params.bias:
-        biases = [name for name, _ in tensors if name.endswith(".bias")]
-        tensors = [(name, i) for name, i in tensors if not name.endswith(".bias")]
-        if biases:
-            notes.append(f"{len(biases)} bias gradients left out (bias=true shows them)")
+        tensors = leave_out_biases(tensors, notes, "bias gradients")
     ids = [i for _, i in tensors]
     captured = measurements.list_steps(session, SqlStat, ids, rank=params.rank,
                                        start=params.start, end=params.end)  # fmt: skip
@@ -130,15 +131,15 @@ def _draw_bars(figure: Figure, data: GradientFlowData) -> None:
             for bar, zero in zip(bars, raw[keep] == 0, strict=True):
                 bar.set_hatch("//" if zero else "")
             lowest = min(lowest, float(heights[keep].min()))
-    axes.set_xticks(x, data.layers, rotation=30, ha="right", rotation_mode="anchor",
-                    fontsize="small")  # fmt: skip
-    axes.set_xlabel("layer (network order)")
-    axes.set_title(f"at step {data.step}", fontsize="medium")
+    label_positions(axes, "x", data.layers, rotation=30)
+    axes.set_xlim(-0.6, len(data.layers) - 0.4)
+    axes.set_xlabel(f"layer ({len(data.layers)} in network order)")
+    axes.set_title(f"at step {data.step}", fontsize="medium", loc="left")
     if np.isfinite(lowest):
         axes.set_yscale("log")
         axes.set_ylim(bottom=10 ** np.floor(np.log10(lowest) - 1e-9))  # bars start a decade low
         axes.set_ylabel("|gradient| (log)")
-        axes.legend(loc="best", fontsize="small")
+        legend_above(axes)
         axes.grid(True, axis="y", alpha=0.3)
     else:
         no_data(axes, "no finite gradients")
@@ -162,7 +163,7 @@ def draw_gradient_flow(figure: Figure, data: GradientFlowData) -> None:
         y_edges = np.arange(len(data.layers) + 1, dtype=np.float64) - 0.5
         if draw_step_heatmap(figure, axes, data.steps, y_edges, values, log=True,
                              label="mean |grad| (log)"):  # fmt: skip
-            axes.set_yticks(np.arange(len(data.layers)), data.layers, fontsize="small")
+            label_positions(axes, "y", data.layers)
             axes.invert_yaxis()  # network order from the top
         axes.set_xlabel("step")
         axes.set_ylabel("layer")

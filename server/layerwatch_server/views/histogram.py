@@ -20,6 +20,7 @@ from layerwatch_server.store.measurements import StepHistogram
 from layerwatch_server.store.runs import require_tensor_id
 from layerwatch_server.views.base import Part, View, ViewData, ViewParams, no_data
 from layerwatch_server.views.distributions import first_tensor, sample_note, usable, value_range
+from layerwatch_server.views.legibility import place_legend
 from layerwatch_server.wire_schema import Name
 
 MAX_STEPS = 16
@@ -129,7 +130,7 @@ def draw_histogram(figure: Figure, data: HistogramData) -> None:
     for curve in data.curves:
         axes.stairs(curve.values, curve.edges, label=curve.label, linewidth=1.5)
     if data.curves:
-        axes.legend(loc="best", fontsize="small")
+        place_legend(axes)
         axes.grid(True, alpha=0.3)
     else:
         no_data(axes, "no histograms")

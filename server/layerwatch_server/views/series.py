@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.views.base import Part, View, ViewData, ViewParams, no_data
+from layerwatch_server.views.legibility import place_legend
 from layerwatch_server.wire_schema import Name
 
 MAX_LINES = 32
@@ -145,7 +146,7 @@ def draw_lines(figure: Figure, data: LinesData) -> None:
     axes.set_ylabel(data.ylabel)
     axes.grid(True, alpha=0.3)
     if data.lines:
-        axes.legend(loc="best", fontsize="small")
+        place_legend(axes)
 
 
 SERIES = View("series", "A statistic over steps for one or many tensors and runs.",

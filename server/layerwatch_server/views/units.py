@@ -15,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from pydantic import Field, model_validator
 from sqlalchemy.orm import Session
@@ -31,11 +30,21 @@ from layerwatch_server.views.distributions import (
     only_with,
     step_edges,
 )
+from layerwatch_server.views.legibility import (
+    HEATMAP_BEYOND,
+    Drawn,
+    Style,
+    label_positions,
+    place_legend,
+    resolve_style,
+)
 from layerwatch_server.wire_schema import Name
 
 Floats = npt.NDArray[np.float64]
 Part = Literal["fractions", "heatmap", "both"]
 MAX_LINES = 32
+MAX_ROWS = 512
+"""Most layers of the fractions: as lines, and as a heatmap."""
 
 
 class DeadUnitsParams(StepRangeParams):
@@ -45,16 +54,22 @@ class DeadUnitsParams(StepRangeParams):
     )
     max_units: int = Field(256, ge=1, le=wire.MAX_UNITS, description="Units of the heatmap.")
     part: Part = Field("both", description="Dead fractions, a unit heatmap, or both.")
+    style: Style = Field(
+        "auto", description=f"Fractions as lines, or as a layers-by-steps heatmap; auto: "
+        f"lines up to {HEATMAP_BEYOND} layers.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _parts(self) -> DeadUnitsParams:
         only_with(self, ("tensor", "max_units"), "heatmap (`part`)", self.part != "fractions")
+        only_with(self, ("style",), "fractions (`part`)", self.part != "heatmap")
         return self
 
 
 class DeadUnitsData(ViewData):
     part: Part
     eps: float
+    style: Drawn = Field(description="How the fractions are drawn.")
     layers: list[str] = Field(description="Activations with unit means, network order.")
     units: list[int] = Field(description="Units per layer.")
     steps: list[int] = Field(description="Steps shown, after thinning.")
@@ -94,20 +109,21 @@ def compute_dead_units(session: Session, run_id: str, params: DeadUnitsParams) -
         named = (params.tensor, require_tensor_id(session, run_id, params.tensor, "activation"))
     if not layers:
         notes.append("the run has no unit means")
-    if len(layers) > MAX_LINES and params.part != "heatmap":
-        notes.append(f"the first {MAX_LINES} of {len(layers)} layers")
-        layers = layers[:MAX_LINES]
+    style = resolve_style(params.style, len(layers))
+    most = MAX_LINES if style == "lines" else MAX_ROWS
+    if len(layers) > most and params.part != "heatmap":
+        notes.append(f"the first {most} of {len(layers)} layers")
+        layers = layers[:most]
     ids = [i for _, i in layers] + ([named[1]] if named else [])
     captured = measurements.list_steps(session, SqlUnitMean, ids, rank=params.rank,
                                        start=params.start, end=params.end)  # fmt: skip
     steps = measurements.thin_evenly(captured, params.max_steps)
     fractions = np.full((len(layers), len(steps)), np.nan)
     units: list[int] = []
-    means: dict[int, tuple[Floats, npt.NDArray[np.bool_]]] = {}
     bad = 0
     if params.part != "heatmap" or named is None:
-        for i, (_, tensor_id) in enumerate(layers):
-            means[tensor_id] = m, present = measurements.get_unit_means_at(
+        for i, (_, tensor_id) in enumerate(layers):  # one layer's means at a time: GPT-2 has
+            m, present = measurements.get_unit_means_at(  # 48 layers of 3072 units
                 session, tensor_id, steps=steps, rank=params.rank
             )
             units.append(m.shape[1])
@@ -121,7 +137,7 @@ def compute_dead_units(session: Session, run_id: str, params: DeadUnitsParams) -
             named = layers[int(np.argmax(_latest(fractions)))]
         if named is not None:
             tensor = named[0]
-            m, present = means.get(named[1]) or measurements.get_unit_means_at(
+            m, present = measurements.get_unit_means_at(
                 session, named[1], steps=steps, rank=params.rank
             )
             tensor_units = m.shape[1]
@@ -134,7 +150,7 @@ def compute_dead_units(session: Session, run_id: str, params: DeadUnitsParams) -
     what = "mean = 0" if params.eps == 0 else f"|mean| <= {params.eps:g}"
     return DeadUnitsData(
         view="dead-units", run_id=run_id, title=f"dead units ({what} on the captured batch)",
-        downsampled=downsampled, notes=notes, part=params.part, eps=params.eps,
+        downsampled=downsampled, notes=notes, part=params.part, eps=params.eps, style=style,
         layers=[name for name, _ in layers] if params.part != "heatmap" else [],
         units=units if params.part != "heatmap" else [], steps=steps, total_steps=len(captured),
         fractions=fractions.tolist() if params.part != "heatmap" else [], tensor=tensor,
@@ -144,18 +160,27 @@ def compute_dead_units(session: Session, run_id: str, params: DeadUnitsParams) -
 
 def _draw_fractions(figure: Figure, data: DeadUnitsData, rows: int) -> None:
     axes = figure.add_subplot(rows, 1, 1)
+    axes.set_xlabel("step")
+    axes.set_title(f"dead units per layer ({len(data.layers)} layers)", fontsize="medium")
+    if data.style == "heatmap":
+        values = np.asarray(data.fractions, dtype=np.float64).reshape(-1, len(data.steps))
+        y_edges = np.arange(len(data.layers) + 1, dtype=np.float64) - 0.5
+        if draw_step_heatmap(figure, axes, data.steps, y_edges, values, log=False,
+                             label="fraction dead", cmap="YlOrRd", limits=(0.0, 1.0)):  # fmt: skip
+            label_positions(axes, "y", data.layers)
+            axes.invert_yaxis()  # network order from the top
+        axes.set_ylabel("layer")
+        return
     steps = np.asarray(data.steps)
     marker = "o" if len(steps) < 50 else None
     for layer, count, row in zip(data.layers, data.units, data.fractions, strict=True):
         axes.plot(steps, np.asarray(row, dtype=np.float64), marker=marker, markersize=3,
                   label=f"{layer} ({count} units)")  # fmt: skip
     axes.set_ylim(-0.02, 1.02)
-    axes.set_xlabel("step")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("fraction of units dead")
-    axes.set_title("dead units per layer", fontsize="medium")
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="best", fontsize="x-small", ncols=2 if len(data.layers) > 8 else 1)
+    place_legend(axes, fontsize="x-small")
 
 
 def _draw_heatmap(figure: Figure, data: DeadUnitsData, rows: int) -> None:
@@ -163,7 +188,10 @@ def _draw_heatmap(figure: Figure, data: DeadUnitsData, rows: int) -> None:
     values = np.asarray(data.heatmap, dtype=np.float64).reshape(-1, len(data.steps))
     shown = len(values)
     capped = f", first {shown} of {data.tensor_units} units" if shown < data.tensor_units else ""
-    axes.set_title(f"unit means of `{data.tensor}`{capped}", fontsize="medium")
+    what = "mean = 0" if data.eps == 0 else f"|mean| <= {data.eps:g}"
+    axes.set_title(
+        f"unit means of `{data.tensor}`{capped}; black: dead ({what})", fontsize="medium"
+    )  # a legend would cover cells
     axes.set_xlabel("step")
     axes.set_ylabel("unit")
     y_edges = np.arange(shown + 1, dtype=np.float64) - 0.5
@@ -181,9 +209,6 @@ def _draw_heatmap(figure: Figure, data: DeadUnitsData, rows: int) -> None:
     if dead.any():  # dead cells in one flat colour, on top
         axes.pcolormesh(step_edges(data.steps), y_edges, np.ma.masked_where(~dead, dead),
                         cmap=ListedColormap(["black"]), shading="flat")  # fmt: skip
-        what = "mean = 0" if data.eps == 0 else f"|mean| <= {data.eps:g}"
-        axes.legend(handles=[Patch(color="black", label=f"dead ({what})")], loc="upper right",
-                    fontsize="x-small")  # fmt: skip
 
 
 def draw_dead_units(figure: Figure, data: DeadUnitsData) -> None:
