@@ -361,3 +361,25 @@ def test_hooks_never_synchronise_with_the_gpu(server: FakeServer, make_run: Make
     assert sorted(server.stats()[("0.weight", "grad")]) == [0, 1, 2]
     assert sorted(server.rows("weight_changes")[("2.weight", "weight")]) == [0, 1, 2]
     assert sorted(server.scalars()["loss"]) == [1, 2]
+
+
+def test_attention_blocks_and_named_blocks_are_recorded(
+    server: FakeServer, make_run: MakeRun
+) -> None:
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    run = make_run(every=1)
+    with run.watch(model, include="*self_attn*") as watch:
+        assert watch.names == ("layers.0.self_attn", "layers.1.self_attn")  # no out_proj
+        assert "layers.0.self_attn.out_proj.weight" in watch.parameters
+    with run.watch(model, include=nn.TransformerEncoderLayer, gradients=False) as watch:
+        assert watch.names == ("layers.0", "layers.1")
+        x = torch.randn(2, 3, 4)
+        out = model(x)
+        out.sum().backward()
+        run.step()
+    assert run.flush(5)
+    stats = server.stats()
+    assert stats[("layers.1", "activation")][0]["mean"] == pytest.approx(out.mean().item())
+    assert ("layers.0.self_attn", "activation") not in stats  # watched and removed unused
