@@ -27,7 +27,13 @@ import torch
 
 from layerwatch import wire
 from layerwatch.capture.clock import StepClock
-from layerwatch.capture.selection import Selection, select_modules, select_parameters
+from layerwatch.capture.models import ModelNames, unwrap_model, unwrap_optimizer
+from layerwatch.capture.selection import (
+    Selection,
+    select_modules,
+    select_outputs,
+    select_parameters,
+)
 from layerwatch.capture.watch import Watch
 from layerwatch.delivery.counters import Counters, report
 from layerwatch.delivery.pipeline import Delivery
@@ -189,6 +195,7 @@ class Run:
         )  # fmt: skip
         self._reducer = Reducer(self._buffer.put, self._buffer.count_dropped)
         self._clock = StepClock()
+        self._models = ModelNames()
         self._log_once = OnceLog()
         self._lock = threading.Lock()
         self._closed = False
@@ -232,6 +239,7 @@ class Run:
         include: Selection = None,
         exclude: Selection = None,
         *,
+        name: str | None = None,
         activations: bool = True,
         weights: bool = True,
         gradients: bool = True,
@@ -248,23 +256,71 @@ class Run:
         watch = run.watch(model, optimizer, every=100, exclude="*.dropout")
         watch = run.watch(model, optimizer, include=[nn.Linear, nn.Conv2d], histograms=128)
         watch = run.watch(model, optimizer, probe=layerwatch.Probe(x_val, y_val, every=500))
+
+        # A GAN: two models, two optimizers; the generator's optimizer, watched
+        # first, counts the run's steps.
+        run.watch(generator, opt_g, name="generator")
+        run.watch(discriminator, opt_d, name="discriminator")
         ```
+
+        **What is recorded.** The output of each chosen leaf module (one without
+        children), of each attention block (`nn.MultiheadAttention`: its attention
+        output, the first element of the tuple it returns; its `out_proj` is never
+        called as a module and is not recorded as one, though its weights are), and,
+        with `include`, of each module with children that an `include` item names
+        without also matching modules inside it (`include="*.self_attn"`,
+        `include=nn.TransformerEncoderLayer`). Recorded is the first forward pass run
+        with gradients enabled in a captured step: with gradient accumulation, the
+        first micro-batch; for a GAN's discriminator, the first batch it sees in the
+        step (the real one, in the usual loop that scores real images first).
+
+        **Wrapped models and optimizers.** A `torch.compile`d model and one wrapped in
+        `DistributedDataParallel` or `DataParallel` are watched inside their wrappers,
+        so tensors keep the names of the user's modules (`encoder.0`, not
+        `_orig_mod.encoder.0` or `module.encoder.0`) and compare with eager runs.
+        An optimizer wrapper keeping the real optimizer in `.optimizer` (accelerate's
+        `AcceleratedOptimizer`, which the Hugging Face Trainer uses) or `._optimizer`
+        (Lightning's `LightningOptimizer`) is unwrapped.
+
+        **Several models.** Each watched model has a name in the run (`name`, by
+        default its class name made unique: `Sequential`, `Sequential-2`, ...), under
+        which its module tree is stored. While a run watches one model its tensors
+        keep their bare names (`0.weight`); once it watches a second, each model's
+        tensors are named `<name>/<module>` (`generator/0.weight`); names are
+        decided at `watch()` time, so watch every model before training. Watching a
+        model again reuses its name, and must choose modules and parameters no other
+        active watch of it has (e.g. a different `every` for the head): a `watch()`
+        overlapping an active one raises `ConfigError` (call `remove()` on the first).
+
+        **Several optimizers.** The first optimizer given to `watch()` counts the run's
+        steps: step `k` ends with its `k`-th `step()`. Any other optimizer marks when
+        the weights and gradients of the models watched with it are read: at its
+        first `step()` in each captured run step. So watch first the model whose
+        optimizer steps last in each iteration (in the usual GAN loop, the
+        generator's), so that each iteration is one step.
+
+        **Closures.** `optimizer.step(closure)` (LBFGS, or Lightning's automatic
+        optimization) runs the backward pass inside `step()`: gradients are then read
+        when the closure first returns, so step `k` records the gradients step `k`
+        applies. LBFGS evaluates the closure again at the weights it moves to; the
+        first evaluation is recorded, at the weights the step started from, together
+        with its forward pass.
 
         Parameters:
 
-        * **model** - the `torch.nn.Module` (also a `DistributedDataParallel` or
-          `torch.compile` wrapper).
-        * **optimizer** - its steps advance the run's step and mark when weights and
-          gradients are read (just before the update); without one, call `run.step()`
-          after each update (weights and gradients are then read at that call, and
-          the update-to-weight ratio is unknown). One run follows one optimizer.
+        * **model** - the `torch.nn.Module`, or a `torch.compile`, DDP or
+          `DataParallel` wrapper of it.
+        * **optimizer** - its steps mark when weights and gradients are read (just
+          before the update); the first one watched also advances the run's step.
+          Without any, call `run.step()` after each update (weights and gradients
+          are then read at that call, and the update-to-weight ratio is unknown).
         * **every** - capture steps `k` with `k % every == 0`; defaults to the run's.
         * **include**, **exclude** - modules to keep or leave out: name patterns
           (`fnmatch` globs such as `"encoder.*"`, or compiled regular expressions,
           matching the whole qualified name of `model.named_modules()`) or module
           classes (`nn.Linear`; subclasses match); one or a list, any item matching.
-        * **activations** - record the output of each chosen leaf module (a module
-          without children) in the first forward pass of a captured step.
+        * **name** - the model's name in the run (up to 100 characters, no `/`).
+        * **activations** - record module outputs (see above).
         * **weights**, **gradients** - record the chosen modules' own parameters and
           their gradients.
         * **unit_means** - record per-unit means of activations (per output feature,
@@ -279,37 +335,65 @@ class Run:
           attributions), or just `(inputs, labels)` or `inputs`, probed at each
           `run.probe()`.
 
-        Raises `ConfigError` for bad arguments, or when nothing is selected.
+        Raises `ConfigError` for bad arguments, when nothing is selected, or when the
+        selection overlaps an active watch of the same model.
         """
         self._check_open()
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"`model` must be a torch.nn.Module, not {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigError(
-                f"`optimizer` must be a torch.optim.Optimizer, not {type(optimizer).__name__}"
-            )
+        model = unwrap_model(model)
+        if optimizer is not None:
+            optimizer = unwrap_optimizer(optimizer)
         every = self._every if every is None else check_count("every", every)
         options = capture_options(
             activations=activations, weights=weights, gradients=gradients,
             unit_means=unit_means, weight_change=weight_change, histograms=histograms,
         )  # fmt: skip
         probe_options = resolve_probe(probe)
-        prober = None
-        if probe_options is not None:
-            prober = Prober(probe_options, self._delivery.submit_probe)
         chosen = select_modules(model, include, exclude)
-        leaves = [(n, m) for n, m in chosen if next(m.children(), None) is None]
+        outputs = select_outputs(model, include, exclude)
         params = select_parameters(model, chosen)
-        if not (leaves if activations else []) and not (params if weights or gradients else []):
+        if not (outputs if activations else []) and not (params if weights or gradients else []):
             raise ConfigError(
                 f"nothing of {type(model).__name__} to watch with include={include!r} "
                 f"exclude={exclude!r}"
             )
-        return Watch(
-            model, leaves, params, every=every, options=options, clock=self._clock,
+        name = self._models.resolve(model, name)
+        self._check_overlap(model, name, outputs if activations else [], params)
+        prober = None
+        if probe_options is not None:
+            prober = Prober(probe_options, self._delivery.submit_probe)
+        self._models.register(model, name)
+        watch = Watch(
+            model, outputs, params, every=every, options=options, clock=self._clock,
             put=self._buffer.put, reducer=self._reducer, tensors=self._tensors,
-            optimizer=optimizer, prober=prober,
+            name=name, prefixed=self._models.several, optimizer=optimizer, prober=prober,
         )  # fmt: skip
+        if self._models.several:
+            for other in self._clock.watches:
+                other._use_prefix()
+        return watch
+
+    def _check_overlap(
+        self,
+        model: torch.nn.Module,
+        name: str,
+        modules: list[tuple[str, torch.nn.Module]],
+        params: list[tuple[str, torch.nn.Parameter]],
+    ) -> None:
+        """Refuse a watch of `model` sharing modules or parameters with an active one:
+        its hooks would record every tensor twice."""
+        for watch in self._clock.watches:
+            if watch.model is not model or not watch.active:
+                continue
+            shared = {n for n, _ in modules} & set(watch.names)
+            shared |= {n for n, _ in params} & set(watch.parameters)
+            if shared:
+                listed = ", ".join(sorted(shared)[:5]) + (", ..." if len(shared) > 5 else "")
+                raise ConfigError(
+                    f"`{name}` is already watched ({listed}): call remove() on that watch "
+                    "first, or choose other modules with `include`/`exclude`"
+                )
 
     def probe(self) -> int:
         """Probe every watched model given `probe=` now, at the current step, e.g. at the

@@ -79,6 +79,7 @@ class ParamTracker:
         # weights before the next step, so with every=1 one copy per step serves both.
         self._after: tuple[int, dict[str, torch.Tensor]] | None = None
         self.capturing = False
+        self.prefix = ""  # of the record names: the model's name when a run watches several
         with torch.no_grad():
             for name, param in params:
                 init = param.detach().clone() if self._change else None
@@ -100,6 +101,11 @@ class ParamTracker:
         self.capturing = False
         self._after = None
 
+    def skip_update(self) -> None:
+        """Called before an update that is not captured: the weights kept after the last
+        captured update are no longer the current ones."""
+        self._after = None
+
     def before_step(self, step: int) -> None:
         """At captured step `step`, before its update: weights and gradients."""
         after = self._after[1] if self._after is not None and self._after[0] == step - 1 else {}
@@ -118,19 +124,20 @@ class ParamTracker:
                     if weight is None:
                         weight = _private(state.param, keep=self._change)
                     weights.append((name, state, weight))
-        summarizer, change = self._summarizer, self._change
+        summarizer, change, prefix = self._summarizer, self._change, self.prefix
 
         def job(sync: bool) -> Iterable[Record]:
             records: list[Record] = []
             for name, grad in grads:
                 summary = summarizer.summarize(grad, units=None, sync=sync)
-                records.append(SummaryRecord(step, name, "grad", grad.numel(), summary))
+                records.append(SummaryRecord(step, prefix + name, "grad", grad.numel(), summary))
             for name, state, weight in weights:
                 summary = summarizer.summarize(weight, units=None, sync=sync)
                 if change:
-                    records += _hold_weight(step, name, state, weight, summary)
+                    records += _hold_weight(step, prefix + name, state, weight, summary)
                 else:
-                    records.append(SummaryRecord(step, name, "weight", weight.numel(), summary))
+                    numel = weight.numel()
+                    records.append(SummaryRecord(step, prefix + name, "weight", numel, summary))
             return records
 
         hist = summarizer.bins is not None
@@ -149,11 +156,11 @@ class ParamTracker:
             with torch.no_grad():
                 afters = {n: _private(s.param, keep=True) for n, s in self._states.items()}
             self._after = (step, afters)
-        states = self._states
+        states, prefix = self._states, self.prefix
 
         def job(sync: bool) -> Iterable[Record]:
             return [
-                _pending_record(name, state, afters.get(name))
+                _pending_record(prefix + name, state, afters.get(name))
                 for name, state in states.items()
                 if state.pending is not None
             ]

@@ -11,7 +11,13 @@ import torch
 
 from layerwatch.errors import ConfigError
 
-__all__ = ["Selection", "select_leaves", "select_modules", "select_parameters"]
+__all__ = [
+    "Selection",
+    "select_leaves",
+    "select_modules",
+    "select_outputs",
+    "select_parameters",
+]
 
 Selector = str | re.Pattern[str] | type[torch.nn.Module]
 Selection = Selector | Iterable[Selector] | None
@@ -29,15 +35,22 @@ def select_modules(
     `include=[nn.Linear, "head.*"]` keeps every `Linear` and everything under `head`.
     The model itself, named `""` by `named_modules()`, is named after its class.
     """
+    return [(shown, module) for _, shown, module in _chosen(model, include, exclude)]
+
+
+def _chosen(
+    model: torch.nn.Module, include: Selection, exclude: Selection
+) -> list[tuple[str, str, torch.nn.Module]]:
+    """(path, shown name, module) of the modules `select_modules()` keeps."""
     includes, excludes = _selectors(include, "include"), _selectors(exclude, "exclude")
     chosen = []
-    for name, module in model.named_modules():
-        shown = name or type(model).__name__
+    for path, module in model.named_modules():
+        shown = path or type(model).__name__
         if includes is not None and not any(_matches(shown, module, s) for s in includes):
             continue
         if any(_matches(shown, module, s) for s in excludes or ()):
             continue
-        chosen.append((shown, module))
+        chosen.append((path, shown, module))
     return chosen
 
 
@@ -47,6 +60,42 @@ def select_leaves(
     """The leaf modules (those without children) among `select_modules()`."""
     chosen = select_modules(model, include, exclude)
     return [(name, module) for name, module in chosen if next(module.children(), None) is None]
+
+
+def select_outputs(
+    model: torch.nn.Module, include: Selection = None, exclude: Selection = None
+) -> list[tuple[str, torch.nn.Module]]:
+    """The modules among `select_modules()` whose outputs `watch()` records.
+
+    * every leaf (a module without children);
+    * every attention block (`nn.MultiheadAttention`): its output projection
+      `out_proj` is a leaf that is never called (the block uses its weights), so the
+      modules inside a block are left out and the block is recorded instead;
+    * with `include`, every module with children that an `include` item matches
+      while matching no module inside it: `include="layers.0"` or
+      `include=nn.TransformerEncoderLayer` records those blocks' outputs, while
+      `include="encoder.*"`, which also matches what is inside, records the leaves.
+    """
+    outside = [
+        (path, module)
+        for path, module in model.named_modules()
+        if not _inside_attention(model, path)
+    ]
+    named: set[str] = set()
+    for selector in _selectors(include, "include") or ():
+        matched = {p for p, m in outside if _matches(p or type(model).__name__, m, selector)}
+        named |= matched - {a for p in matched for a in _ancestors(p)}
+    kept = {path for path, _ in outside}
+    return [
+        (shown, module)
+        for path, shown, module in _chosen(model, include, exclude)
+        if path in kept
+        and (
+            next(module.children(), None) is None
+            or isinstance(module, torch.nn.MultiheadAttention)
+            or path in named
+        )
+    ]
 
 
 def select_parameters(
@@ -59,6 +108,21 @@ def select_parameters(
         for name, param in model.named_parameters()
         if id(_owner(model, name)) in owners
     ]
+
+
+def _ancestors(path: str) -> list[str]:
+    """The paths of the modules enclosing the one at `path`, the model's `""` included."""
+    found = []
+    while path:
+        path = path.rpartition(".")[0]
+        found.append(path)
+    return found
+
+
+def _inside_attention(model: torch.nn.Module, path: str) -> bool:
+    return any(
+        isinstance(model.get_submodule(a), torch.nn.MultiheadAttention) for a in _ancestors(path)
+    )
 
 
 def _owner(model: torch.nn.Module, parameter: str) -> torch.nn.Module:

@@ -22,7 +22,7 @@ from layerwatch.capture.parameters import ParamTracker
 from layerwatch.logs import logger
 from layerwatch.options import CaptureOptions
 from layerwatch.probe.prober import Prober
-from layerwatch.records import Record, SummaryRecord, TensorKey, TensorMeta
+from layerwatch.records import ModelRecord, Record, SummaryRecord, TensorKey, TensorMeta
 from layerwatch.reduce.statistics import Summarizer, first_float_tensor, unit_dim
 from layerwatch.reduce.worker import Reducer
 
@@ -35,8 +35,8 @@ class Watch:
     """Hooks capturing a model's activations, weights and gradients; made by `Run.watch()`.
 
     On each captured step (see `Run` for what a step is): the output of every chosen
-    leaf module in the first forward pass run with gradients enabled, and every
-    chosen parameter and its gradient at the optimizer step, are each reduced to
+    module (see `Run.watch()`) in the first forward pass run with gradients enabled,
+    and every chosen parameter and its gradient at the optimizer step, are each reduced to
     statistics (mean, std, min, max, mean absolute value, L2 norm, fraction of
     zeros, count of non-finite values, size), a histogram, per-unit means
     (activations) and weight change (weights). The model tree with its shapes is
@@ -70,11 +70,15 @@ class Watch:
         put: Callable[[Record], bool],
         reducer: Reducer,
         tensors: MutableMapping[TensorKey, TensorMeta],
+        name: str,
+        prefixed: bool = False,
         optimizer: torch.optim.Optimizer | None = None,
         prober: Prober | None = None,
     ) -> None:
         """Called by `Run.watch()`; not meant to be called directly."""
-        clock.attach(optimizer)  # first: it may refuse, and then no hook is left behind
+        clock.attach(optimizer)
+        self._name = name
+        self._prefix = f"{name}/" if prefixed else ""
         self._every = every
         self._options = options
         self._clock = clock
@@ -92,20 +96,24 @@ class Watch:
         self._step = clock.step
         self._capturing = clock.step % every == 0
         self._seen: set[str] = set()  # modules recorded at this step: one record per step
+        self._read = False  # parameters read at this step (an optimizer may step again)
+        self._recorded = False  # anything captured yet
         self._is_grad_enabled = torch.is_grad_enabled
         owners = dict(model.named_modules())
         for name, param in params:
             owner = owners.get(name.rpartition(".")[0], model)
             dtype = str(param.dtype).removeprefix("torch.")
             for kind in ("weight", "grad"):
-                tensors[(name, kind)] = (type(owner).__name__, tuple(param.shape), dtype)
+                meta = (type(owner).__name__, tuple(param.shape), dtype)
+                tensors[(self._prefix + name, kind)] = meta
         self._params = ParamTracker(
             params, summarizer=self._summarizer, emit=self._emit,
             weights=options.weights, gradients=options.gradients,
             weight_change=options.weight_change, follow_grads=optimizer is None,
         )  # fmt: skip
         self._params.capturing = self._capturing
-        self._tree = TreeRecorder(model, put)
+        self._params.prefix = self._prefix
+        self._tree = TreeRecorder(model, self._put_tree)
         self._handles = []
         if options.activations:
             self._handles = [
@@ -114,9 +122,25 @@ class Watch:
         clock.watches.append(self)
 
     @property
+    def name(self) -> str:
+        """The model's name in the run; the prefix of its tensor names (`<name>/<module>`)
+        once the run watches more than one model."""
+        return self._name
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The watched model (inside any `torch.compile` or DDP wrapper)."""
+        return self._model
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Qualified names of the watched modules, as in `model.named_modules()`."""
         return self._names
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        """The names the watched modules' activations are stored under."""
+        return tuple(self._prefix + name for name in self._names)
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -183,14 +207,42 @@ class Watch:
 
     def __repr__(self) -> str:
         state = "removed" if self._removed else "active" if self._enabled else "disabled"
-        return f"<Watch {len(self._names)} modules every={self._every} {state}>"
+        return f"<Watch {self._name} {len(self._names)} modules every={self._every} {state}>"
+
+    # -- called by the Run -----------------------------------------------------------
+
+    def _use_prefix(self) -> None:
+        """Called when the run starts watching a second model: from now on this model's
+        tensors are named `<name>/<module>`."""
+        if self._prefix or self._removed:
+            return
+        if self._recorded:
+            logger.warning(
+                "layerwatch: the run now watches several models; the tensors of `%s` are "
+                "named `%s/<module>` from step %d on, bare before",
+                self._name, self._name, self._step,
+            )  # fmt: skip
+        self._prefix = self._params.prefix = f"{self._name}/"
+        own = {*self._params.names, *self._names}
+        for (name, kind), meta in list(self._tensors.items()):
+            if name in own:
+                self._tensors.setdefault((self._prefix + name, kind), meta)
+
+    def _put_tree(self, record: ModelRecord) -> bool:
+        """The model tree goes under the watch's name (the server keys trees by it)."""
+        return self._put(record._replace(tree=record.tree.model_copy(update={"name": self._name})))
 
     # -- called by the StepClock ---------------------------------------------------
 
     def _before_update(self) -> None:
-        """Before the optimizer step (or at `run.step()`): weights and gradients."""
-        if self._capturing:
+        """Before the optimizer step (or at `run.step()`): weights and gradients. An
+        optimizer stepping several times per run step (a GAN's discriminator, say)
+        is read at its first step."""
+        if self._capturing and not self._read:
+            self._read = self._recorded = True
             self._guarded("parameters", self._params.before_step, self._step)
+        else:
+            self._params.skip_update()
 
     def _after_update(self, *, updated: bool) -> None:
         self._guarded("parameters", lambda: self._params.after_step(self._step, updated=updated))
@@ -200,6 +252,7 @@ class Watch:
         self._step = step
         self._capturing = self._enabled and not self._removed and step % self._every == 0
         self._params.capturing = self._capturing
+        self._read = False
         if self._seen:
             self._seen.clear()
         if self._prober is not None and self._prober.due(step):
@@ -238,11 +291,14 @@ class Watch:
 
         return hook
 
-    def _capture(self, name: str, module: torch.nn.Module, output: object) -> None:
+    def _capture(self, module_name: str, module: torch.nn.Module, output: object) -> None:
+        # An attention block returns (output, weights or None): the first is its output.
         tensor = first_float_tensor(output)
-        self._seen.add(name)
+        self._seen.add(module_name)
         if tensor is None:  # integer or no tensor output: nothing to summarise
             return
+        self._recorded = True
+        name = self._prefix + module_name
         key: TensorKey = (name, "activation")
         module_type = type(module).__name__
         if key not in self._tensors:  # shape and dtype are host metadata: no sync

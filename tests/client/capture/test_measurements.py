@@ -203,13 +203,13 @@ def test_model_tree_is_sent_once_with_shapes(server: FakeServer, make_run: MakeR
 def test_select_by_type_and_regex(make_run: MakeRun) -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
     run = make_run()
-    watch = run.watch(model, include=[nn.Conv2d, nn.Linear])
-    assert watch.names == ("0", "3")
-    assert watch.parameters == ("0.weight", "0.bias", "3.weight", "3.bias")
-    watch = run.watch(model, exclude=nn.ReLU, include=re.compile(r"[0-2]"))
-    assert watch.names == ("0", "2")
-    watch = run.watch(model, include=[nn.Linear, "1"])  # any item may match
-    assert watch.names == ("1", "3")
+    with run.watch(model, include=[nn.Conv2d, nn.Linear]) as watch:
+        assert watch.names == ("0", "3")
+        assert watch.parameters == ("0.weight", "0.bias", "3.weight", "3.bias")
+    with run.watch(model, exclude=nn.ReLU, include=re.compile(r"[0-2]")) as watch:
+        assert watch.names == ("0", "2")
+    with run.watch(model, include=[nn.Linear, "1"]) as watch:  # any item may match
+        assert watch.names == ("1", "3")
     with pytest.raises(layerwatch.ConfigError, match="nothing of Sequential"):
         run.watch(model, exclude=[nn.ReLU, re.compile(r"\d")])  # only the parameterless root
     with pytest.raises(layerwatch.ConfigError, match="bins"):

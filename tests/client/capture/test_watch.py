@@ -142,10 +142,16 @@ def test_include_and_exclude_select_leaf_modules(make_run: MakeRun) -> None:
     model.add_module("enc", nn.Sequential(nn.Linear(2, 2), nn.GELU()))
     model.add_module("head", nn.Linear(2, 1))
     run = make_run()
-    assert run.watch(model).names == ("enc.0", "enc.1", "head")
-    assert run.watch(model, include="enc.*").names == ("enc.0", "enc.1")
-    assert run.watch(model, include=["head", "enc.1"]).names == ("enc.1", "head")
-    assert run.watch(model, exclude=("enc.*",)).names == ("head",)
+
+    def names(**selection: object) -> tuple[str, ...]:
+        with run.watch(model, **selection) as watch:  # type: ignore[arg-type]
+            return watch.names
+
+    assert names() == ("enc.0", "enc.1", "head")
+    assert names(include="enc.*") == ("enc.0", "enc.1")
+    assert names(include=["head", "enc.1"]) == ("enc.1", "head")
+    assert names(exclude=("enc.*",)) == ("head",)
+    assert names(include="enc") == ("enc",)  # a module with children, named alone
     assert run.watch(nn.Linear(2, 2)).names == ("Linear",)  # a leaf model is named by class
     with pytest.raises(layerwatch.ConfigError, match="nothing of"):
         run.watch(model, include="decoder.*")
@@ -202,7 +208,7 @@ def test_closing_the_run_removes_every_watch(make_run: MakeRun) -> None:
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     run = make_run()
-    first = run.watch(model, optimizer)
+    first = run.watch(model, optimizer, exclude="2")
     run.watch(model, optimizer, include="2")  # shares the optimizer's step hook
     assert len(optimizer._optimizer_step_post_hooks) == 1
     first.remove()
@@ -211,15 +217,20 @@ def test_closing_the_run_removes_every_watch(make_run: MakeRun) -> None:
     assert_no_hooks(model, optimizer)
 
 
-def test_one_run_follows_one_optimizer(make_run: MakeRun) -> None:
+def test_a_second_watch_of_a_model_must_not_overlap(make_run: MakeRun) -> None:
     model = mlp()
     run = make_run()
-    run.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    first = run.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), include="0")
     other = torch.optim.Adam(model.parameters())
-    with pytest.raises(layerwatch.ConfigError, match="one optimizer"):
+    with pytest.raises(layerwatch.ConfigError, match=r"`Sequential` is already watched \(0, "):
         run.watch(model, other)
     assert not other._optimizer_step_post_hooks
-    assert [len(m._forward_hooks) for m in model] == [2, 2, 2]  # the refused watch left none
+    assert [len(m._forward_hooks) for m in model] == [2, 1, 1]  # + the tree's; none left
+    second = run.watch(model, every=100, exclude="0")  # the rest, at another interval
+    assert (first.name, second.name) == ("Sequential", "Sequential")  # one model, one name
+    assert second.tensor_names == ("1", "2")  # bare: the run watches one model
+    first.remove()
+    assert run.watch(model, include="0").names == ("0",)  # free again
 
 
 def test_run_step_is_ignored_when_the_optimizer_counts(
@@ -350,3 +361,25 @@ def test_hooks_never_synchronise_with_the_gpu(server: FakeServer, make_run: Make
     assert sorted(server.stats()[("0.weight", "grad")]) == [0, 1, 2]
     assert sorted(server.rows("weight_changes")[("2.weight", "weight")]) == [0, 1, 2]
     assert sorted(server.scalars()["loss"]) == [1, 2]
+
+
+def test_attention_blocks_and_named_blocks_are_recorded(
+    server: FakeServer, make_run: MakeRun
+) -> None:
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    run = make_run(every=1)
+    with run.watch(model, include="*self_attn*") as watch:
+        assert watch.names == ("layers.0.self_attn", "layers.1.self_attn")  # no out_proj
+        assert "layers.0.self_attn.out_proj.weight" in watch.parameters
+    with run.watch(model, include=nn.TransformerEncoderLayer, gradients=False) as watch:
+        assert watch.names == ("layers.0", "layers.1")
+        x = torch.randn(2, 3, 4)
+        out = model(x)
+        out.sum().backward()
+        run.step()
+    assert run.flush(5)
+    stats = server.stats()
+    assert stats[("layers.1", "activation")][0]["mean"] == pytest.approx(out.mean().item())
+    assert ("layers.0.self_attn", "activation") not in stats  # watched and removed unused
