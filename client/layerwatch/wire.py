@@ -360,7 +360,11 @@ class ModuleInfo(_Model):
 
     path: ModulePath = Field(description="Qualified name; empty for the model itself.")
     type: Name = Field(description="Class name, e.g. `Conv2d`.")
-    params: Count = Field(description="Parameters the module owns itself (not its children's).")
+    params: Count = Field(
+        description="Parameters the module owns itself (not its children's); one shared "
+        "with an earlier module (tied weights) is counted there only, so the counts of a "
+        "tree add up to the model's size."
+    )
     trainable: Count = Field(description="Of those, the ones that require gradients.")
     inputs: list[Shape] | None = Field(
         None, max_length=64, description="Shapes of its tensor inputs at the first forward."
