@@ -525,6 +525,15 @@ class ProbeAttributions(_Model):
         return self
 
 
+class ProbeSkipped(_Model):
+    """A layer chosen for the probe that sent no outputs, and why."""
+
+    name: Name
+    reason: str = Field(
+        max_length=500, description="Why, e.g. `output (12, 3, 8) is not batch-first`."
+    )
+
+
 class Probe(_Model):
     """The model's outputs on the fixed probe inputs at one step (or part of them).
 
@@ -545,6 +554,12 @@ class Probe(_Model):
     layers: list[ProbeLayer] = Field(default_factory=list, max_length=1024)
     attributions: ProbeAttributions | None = Field(
         None, description="Integrated gradients of the first samples, when asked for."
+    )
+    skipped: list[ProbeSkipped] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Probed layers left out of this probe, with the reason; carried by "
+        "the first part of a probe, like `labels`.",
     )
 
     @model_validator(mode="after")

@@ -54,7 +54,10 @@ class TreeRecorder:
         @eager  # runs once, eagerly, even inside a compiled model
         def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
             if path not in self._shapes:
-                self._shapes[path] = (tensor_shapes(args), tensor_shapes(output))
+                try:
+                    self._shapes[path] = (tensor_shapes(args), tensor_shapes(output))
+                except Exception:  # shapes are a nicety: never fail the user's forward
+                    self._shapes[path] = ([], [])
             if module is self._model:
                 self._send()
 
@@ -107,7 +110,7 @@ def owned_parameters(
 
 def tensor_shapes(value: object) -> list[list[int]]:
     """Shapes of the tensors in `value`: a tensor, or a tuple, list or dict of them
-    (one level deep), at most 64."""
+    (one level deep), at most 64; a nested tensor has its padded shape."""
     if isinstance(value, torch.Tensor):
         items: list[object] = [value]
     elif isinstance(value, (tuple, list)):
@@ -116,5 +119,16 @@ def tensor_shapes(value: object) -> list[list[int]]:
         items = list(value.values())
     else:
         items = []
-    shapes = [list(item.shape) for item in items if isinstance(item, torch.Tensor)]
+    shapes = [_shape(item) for item in items if isinstance(item, torch.Tensor)]
     return shapes[:_MAX_SHAPES]
+
+
+def _shape(tensor: torch.Tensor) -> list[int]:
+    """The shape of `tensor`; of a nested one, its padded shape (the longest component
+    in each dimension)."""
+    if not tensor.is_nested:
+        return list(tensor.shape)
+    parts = tensor.unbind()
+    if not parts:
+        return [0]
+    return [len(parts)] + [max(part.shape[d] for part in parts) for d in range(parts[0].dim())]

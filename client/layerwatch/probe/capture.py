@@ -20,8 +20,20 @@ What is kept, per probed layer (all caps are keyword arguments of `run_probe()`)
   (32) when larger; shape `(m, c, h, w)`.
 * `(N, T, F)` and other ranks: the mean over the middle dimensions, `(N, F)`
   (`reduced="averaged"`), then truncated to `features` like a 2-D output.
+* ragged outputs: a `PackedSequence` (an RNN, LSTM or GRU given packed input) or
+  a nested tensor (what `nn.TransformerEncoder` makes of a padded batch with a
+  `src_key_padding_mask` in eval mode): the mean of each sample over its own
+  steps, padding left out, `(N, F)` (`reduced="averaged"`); `source_shape` is the
+  longest sample's.
 * a layer whose output has no floating-point tensor, whose first dimension is not
-  the batch, or whose shape changes between chunks is left out (logged once).
+  the batch (an RNN's `(T, N, F)` without `batch_first`), whose shape changes
+  between chunks, or whose reduction fails is left out: the payload's `skipped`
+  names it with the reason (the `Prober` logs each layer and reason once, as a
+  warning).
+* autocast is off for the whole probe, the model's forward included: a probe is
+  the model in its own dtypes, comparable from one probe to the next whether
+  `run.probe()` is called inside an autocast region or not, and the packing
+  (float16 features) is not cast behind its back.
 * `predictions`: the argmax over the last dimension of the model's output when it
   is a floating-point `(N, classes)` tensor, else none.
 
@@ -45,6 +57,7 @@ import torch
 from torch import nn
 from torch.nn.functional import adaptive_avg_pool2d
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from layerwatch import wire
 from layerwatch.errors import ConfigError
@@ -103,6 +116,7 @@ class _Layer:
     rows: int = 0  # samples collected so far
     seen: bool = False  # in this chunk: a module called twice keeps its first call
     skipped: str | None = None
+    ragged: bool = False  # per-sample means of a ragged output: only the feature size is fixed
 
 
 @dataclass
@@ -168,7 +182,7 @@ def run_probe(
     layers = [_Layer(name) for name in names]
     options = _Options(features, maps, map_size, max_channels)
     try:
-        with kept_state(model) as device:
+        with kept_state(model) as device, _autocast_off(device):
             predictions = _forward(model, probe_set, modules, layers, options, batch_size, device)
             explained = None
             if attributions:
@@ -177,14 +191,13 @@ def run_probe(
                 )  # fmt: skip
                 explained = _attribute(model, probe_set, targets, attributions,
                                        attribution_steps, batch_size, device)  # fmt: skip
-        packed = None if predictions is None else pack_int32(torch.cat(predictions))
-        probe_layers = [_to_wire(layer, probe_set.samples) for layer in layers]
-        skipped = [f"{layer.name} ({layer.skipped})" for layer in layers if layer.skipped]
-        if skipped:
-            logger.info("layerwatch: the probe leaves out %s", ", ".join(skipped))
+            packed = None if predictions is None else pack_int32(torch.cat(predictions))
+            probe_layers = [_to_wire(layer, probe_set.samples) for layer in layers]
+        skipped = [wire.ProbeSkipped(name=layer.name, reason=layer.skipped[:500])
+                   for layer in layers if layer.skipped]  # fmt: skip
         return _split([p for p in probe_layers if p is not None], step=step, rank=rank,
                       samples=probe_set.samples, labels=probe_set.packed_labels,
-                      predictions=packed, attributions=explained,
+                      predictions=packed, attributions=explained, skipped=skipped,
                       max_bytes=max_payload_bytes)  # fmt: skip
     except Exception:
         logger.warning("layerwatch: the probe at step %d failed; nothing sent", step, exc_info=True)
@@ -230,6 +243,18 @@ def kept_state(model: nn.Module) -> Iterator[torch.device | None]:
             )
 
 
+@contextlib.contextmanager
+def _autocast_off(device: torch.device | None) -> Iterator[None]:
+    """Autocast disabled on the CPU and on the model's device, whatever the caller's
+    context: under CPU autocast `torch.cat` of float16 tensors fails outright."""
+    types = {"cpu"} | ({device.type} if device is not None else set())
+    with contextlib.ExitStack() as stack:
+        for device_type in sorted(types):
+            if torch.amp.is_autocast_available(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
+
+
 def _forward(model: nn.Module, probe_set: ProbeSet, modules: Sequence[tuple[str, nn.Module]],
              layers: list[_Layer], options: _Options, batch_size: int,
              device: torch.device | None,
@@ -269,28 +294,87 @@ def _hook(layer: _Layer, options: _Options) -> _ForwardHook:
         if layer.seen or layer.skipped:
             return
         layer.seen = True
-        tensor = first_float_tensor(output)
-        if tensor is None:
-            layer.skipped = "no floating-point output"
-        elif tensor.dim() == 0 or tensor.shape[0] != options.rows:
-            layer.skipped = f"output {tuple(tensor.shape)} is not batch-first"
-        elif layer.source_shape not in (None, tuple(tensor.shape[1:])):
-            layer.skipped = "output shape changes between chunks"
-        elif layer.rows != options.start:
-            layer.skipped = "not called on every chunk"
-        elif any(size == 0 for size in tensor.shape[1:]):
-            layer.skipped = "empty output"
-        else:
-            layer.source_shape = tuple(tensor.shape[1:])
-            x = tensor.detach().float()  # reductions in float32, float16 only at the end
-            feats, layer.reduced = _reduce_features(x, options.features)
-            layer.features.append(feats.to(torch.float16))
-            layer.rows += options.rows
-            taken = sum(m.shape[0] for m in layer.maps)
-            if x.dim() == 4 and taken < options.maps:
-                layer.maps.append(_feature_maps(x[: options.maps - taken], options))
+        try:
+            _collect(layer, output, options)
+        except Exception as exc:  # one odd layer never costs the probe of the others
+            layer.skipped = f"its output could not be reduced: {type(exc).__name__}: {exc}"
+            layer.features.clear()
+            layer.maps.clear()
 
     return hook
+
+
+def _collect(layer: _Layer, output: object, options: _Options) -> None:
+    packed = _packed_sequence(output)
+    parts: list[torch.Tensor] | None
+    if packed is not None:
+        padded, lengths = pad_packed_sequence(packed, batch_first=True)  # (N, T, F), (N,)
+        tensor: torch.Tensor | None = padded
+        parts = [padded[i, :length] for i, length in enumerate(lengths.tolist())]
+    else:
+        tensor = first_float_tensor(output, nested=True)
+        parts = list(tensor.unbind()) if tensor is not None and tensor.is_nested else None
+    if tensor is None:
+        layer.skipped = "no floating-point output"
+        return
+    if parts is not None:
+        _collect_ragged(layer, parts, options)
+        return
+    if tensor.dim() == 0 or tensor.shape[0] != options.rows:
+        layer.skipped = f"output {tuple(tensor.shape)} is not batch-first"
+    elif layer.source_shape not in (None, tuple(tensor.shape[1:])):
+        layer.skipped = "output shape changes between chunks"
+    elif layer.rows != options.start:
+        layer.skipped = "not called on every chunk"
+    elif any(size == 0 for size in tensor.shape[1:]):
+        layer.skipped = "empty output"
+    else:
+        layer.source_shape = tuple(tensor.shape[1:])
+        x = tensor.detach().float()  # reductions in float32, float16 only at the end
+        feats, layer.reduced = _reduce_features(x, options.features)
+        layer.features.append(feats.to(torch.float16))
+        layer.rows += options.rows
+        taken = sum(m.shape[0] for m in layer.maps)
+        if x.dim() == 4 and taken < options.maps:
+            layer.maps.append(_feature_maps(x[: options.maps - taken], options))
+
+
+def _collect_ragged(layer: _Layer, parts: list[torch.Tensor], options: _Options) -> None:
+    """Each sample's mean over its own steps, `(T_i, ..., F)` -> `(F,)`: padding never
+    enters the features."""
+    width = {part.shape[-1] if part.dim() else 0 for part in parts}
+    if len(parts) != options.rows:
+        layer.skipped = f"ragged output of {len(parts)} samples, not {options.rows}"
+    elif len(width) != 1 or any(part.dim() < 2 for part in parts):
+        layer.skipped = "ragged output without a fixed feature size"
+    elif layer.rows != options.start:
+        layer.skipped = "not called on every chunk"
+    elif layer.source_shape is not None and layer.source_shape[-1] != parts[0].shape[-1]:
+        layer.skipped = "output shape changes between chunks"
+    elif any(part.numel() == 0 for part in parts):
+        layer.skipped = "empty output"
+    else:
+        longest = [max(part.shape[d] for part in parts) for d in range(parts[0].dim())]
+        if layer.source_shape is not None:
+            longest = [max(a, b) for a, b in zip(longest, layer.source_shape, strict=True)]
+        layer.source_shape = tuple(longest)
+        layer.ragged = True
+        means = torch.stack(
+            [part.detach().float().reshape(-1, part.shape[-1]).mean(0) for part in parts]
+        )  # (rows, F)
+        feats, _ = _reduce_features(means, options.features)
+        layer.reduced = "averaged"
+        layer.features.append(feats.to(torch.float16))
+        layer.rows += options.rows
+
+
+def _packed_sequence(output: object) -> PackedSequence | None:
+    """The `PackedSequence` an RNN returns (alone or first in its output tuple), if any."""
+    if isinstance(output, PackedSequence):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], PackedSequence):
+        return output[0]
+    return None
 
 
 def _reduce_features(x: torch.Tensor, budget: int) -> tuple[torch.Tensor, wire.Reduction]:
@@ -364,10 +448,12 @@ def _attribute(model: nn.Module, probe_set: ProbeSet, targets: torch.Tensor | No
 
 def _split(layers: list[wire.ProbeLayer], *, step: int, rank: int, samples: int,
            labels: bytes | None, predictions: bytes | None,
-           attributions: wire.ProbeAttributions | None, max_bytes: int,
+           attributions: wire.ProbeAttributions | None, skipped: list[wire.ProbeSkipped],
+           max_bytes: int,
 ) -> list[wire.Probe]:  # fmt: skip
-    """Group layers into payloads of at most `max_bytes` packed bytes, in order."""
-    if not layers and labels is None and predictions is None and attributions is None:
+    """Group layers into payloads of at most `max_bytes` packed bytes, in order; the
+    first also carries labels, predictions, attributions and the skipped layers."""
+    if not (layers or skipped) and labels is None and predictions is None and attributions is None:
         return []
     groups: list[list[wire.ProbeLayer]] = [[]]
     size = (0 if labels is None else 4 * samples) + (0 if predictions is None else 4 * samples)
@@ -381,6 +467,7 @@ def _split(layers: list[wire.ProbeLayer], *, step: int, rank: int, samples: int,
         groups[-1].append(layer)
         size += nbytes
     first = wire.Probe(step=step, rank=rank, samples=samples, layers=groups[0], labels=labels,
-                       predictions=predictions, attributions=attributions)  # fmt: skip
+                       predictions=predictions, attributions=attributions,
+                       skipped=skipped[:1024])  # fmt: skip
     return [first] + [wire.Probe(step=step, rank=rank, samples=samples, layers=group)
                       for group in groups[1:]]  # fmt: skip
