@@ -19,7 +19,6 @@ reused at every capture, so a distribution over time follows the same positions.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -69,7 +68,13 @@ _CHANNEL_FIRST: tuple[type[nn.Module], ...] = (
     padding._ReplicationPadNd,
     padding._CircularPadNd,
 )
-_CHANNEL_NAMES = re.compile(r"Conv|BatchNorm|InstanceNorm|GroupNorm|Pool|Upsample|Dropout\dd")
+# For callers that pass a class name: torch's own channel-first classes, by exact
+# name (`Conv1d` is one, GPT-2's `Conv1D` is not).
+_CHANNEL_NAMES = frozenset(
+    cls.__name__
+    for cls in vars(nn).values()
+    if isinstance(cls, type) and issubclass(cls, _CHANNEL_FIRST)
+)
 
 
 def activation_stats(tensor: torch.Tensor) -> torch.Tensor:
@@ -297,15 +302,15 @@ def unit_dim(shape: torch.Size | tuple[int, ...], module: nn.Module | str) -> in
     reflection), else the last dimension (features, as of `Linear`, `LayerNorm`, or
     GPT-2's `Conv1D`); None for outputs of fewer than two dimensions.
 
-    `module` is the module itself. A class name is still accepted and matched by
-    name, as before (a user's `Conv1D` then counts as a convolution): callers
-    should pass the module.
+    `module` is the module itself, or its class name, which is matched against the
+    names of torch's own channel-first classes (a user's class that shares one of
+    them is then taken for it): callers should pass the module.
     """
     rank = len(shape)
     if rank < 2:
         return None
     if isinstance(module, str):
-        channel_first = _CHANNEL_NAMES.search(module) is not None
+        channel_first = module in _CHANNEL_NAMES
     else:
         channel_first = isinstance(module, _CHANNEL_FIRST)
     if rank >= 4 or (rank == 3 and channel_first):
