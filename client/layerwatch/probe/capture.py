@@ -192,7 +192,7 @@ def run_probe(
                 explained = _attribute(model, probe_set, targets, attributions,
                                        attribution_steps, batch_size, device)  # fmt: skip
             packed = None if predictions is None else pack_int32(torch.cat(predictions))
-            probe_layers = [_to_wire(layer, probe_set.samples) for layer in layers]
+            probe_layers = [_packed_layer(layer, probe_set.samples) for layer in layers]
         skipped = [wire.ProbeSkipped(name=layer.name, reason=layer.skipped[:500])
                    for layer in layers if layer.skipped]  # fmt: skip
         return _split([p for p in probe_layers if p is not None], step=step, rank=rank,
@@ -404,6 +404,15 @@ def _feature_maps(x: torch.Tensor, options: _Options) -> torch.Tensor:
     if h > options.map_size or w > options.map_size:
         x = adaptive_avg_pool2d(x, (min(h, options.map_size), min(w, options.map_size)))
     return x.to(torch.float16)
+
+
+def _packed_layer(layer: _Layer, samples: int) -> wire.ProbeLayer | None:
+    """`_to_wire`, or None with the layer marked skipped when its values can't be packed."""
+    try:
+        return _to_wire(layer, samples)
+    except Exception as exc:
+        layer.skipped = f"its output could not be packed: {type(exc).__name__}: {exc}"
+        return None
 
 
 def _to_wire(layer: _Layer, samples: int) -> wire.ProbeLayer | None:
