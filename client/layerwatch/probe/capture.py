@@ -116,7 +116,6 @@ class _Layer:
     rows: int = 0  # samples collected so far
     seen: bool = False  # in this chunk: a module called twice keeps its first call
     skipped: str | None = None
-    ragged: bool = False  # per-sample means of a ragged output: only the feature size is fixed
 
 
 @dataclass
@@ -358,7 +357,6 @@ def _collect_ragged(layer: _Layer, parts: list[torch.Tensor], options: _Options)
         if layer.source_shape is not None:
             longest = [max(a, b) for a, b in zip(longest, layer.source_shape, strict=True)]
         layer.source_shape = tuple(longest)
-        layer.ragged = True
         means = torch.stack(
             [part.detach().float().reshape(-1, part.shape[-1]).mean(0) for part in parts]
         )  # (rows, F)
