@@ -45,8 +45,8 @@ def report(
         f"{counts.spooled} spooled, {counts.dropped} dropped "
         f"({counts.failed_batches} batches given up)"
         + (
-            f"; {counts.repeated} scalar values logged again at a step not sent (a scalar "
-            "keeps its first value per step)"
+            f"; {counts.repeated} repeated scalar values not sent (a scalar keeps its first "
+            "value per step)"
             if counts.repeated
             else ""
         )

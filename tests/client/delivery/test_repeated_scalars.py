@@ -40,4 +40,4 @@ def test_a_scalar_logged_again_at_its_step_keeps_the_first_value_and_says_so(
     assert "`lr` logged again at step 0" in warned[1]
     [summary] = [m for m in messages if "records sent" in m]
     assert "0 dropped" in summary
-    assert "18 scalar values logged again at a step not sent" in summary
+    assert "18 repeated scalar values not sent (a scalar keeps its first value per step)" in summary
