@@ -9,11 +9,12 @@ import torch
 
 import layerwatch
 
+transformers = pytest.importorskip("transformers")
+
 
 def test_gpt2_attention_projection_has_one_unit_per_output_feature(
     live_server: str, api: httpx.Client
 ) -> None:
-    transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(
         vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2,
         attn_implementation="eager",
