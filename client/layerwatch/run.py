@@ -9,6 +9,7 @@ where it is defined, and that is about half of this module's lines.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import logging
 import os
@@ -197,6 +198,8 @@ class Run:
         self._clock = StepClock()
         self._models = ModelNames()
         self._log_once = OnceLog()
+        self._scalar_steps: dict[str, int] = {}  # the step each scalar was last logged at
+        self._repeated = 0
         self._lock = threading.Lock()
         self._closed = False
         self._flushed = False
@@ -222,8 +225,9 @@ class Run:
 
     @property
     def counters(self) -> Counters:
-        """Records sent, spooled (on disk, not yet sent) and dropped, and batches given up."""
-        return self._delivery.counters
+        """Records sent, spooled (on disk, not yet sent) and dropped, batches given up,
+        and scalar values not sent because their step had one (`log()`)."""
+        return dataclasses.replace(self._delivery.counters, repeated=self._repeated)
 
     @property
     def closed(self) -> bool:
@@ -449,6 +453,12 @@ class Run:
         Values are numbers or one-element tensors. A tensor is copied on its device
         and read back by the sender thread, so logging never waits for the GPU.
         Values that are neither are dropped with a logged warning.
+
+        A scalar has one value per step: the first one logged. A name logged again at
+        the step it was last logged at (say a micro-batch loss, four times per
+        optimizer step) is not sent; that is logged once per name and counted in
+        `counters.repeated`. Log such values under their own step or name, or their
+        mean once per step.
         """
         self._check_open()
         at = self._clock.step if step is None else step
@@ -476,7 +486,18 @@ class Run:
                         f"log {name}", logging.WARNING, f"run.log(): `{name}` is not a number"
                     )
                     continue
-            self._buffer.put(ScalarRecord(at, str(name), logged, now))
+            key = str(name)
+            if self._scalar_steps.get(key) == at:
+                self._repeated += 1
+                self._log_once(
+                    f"log again {key}", logging.WARNING,
+                    f"run.log(): `{key}` logged again at step {at}; a scalar keeps its first "
+                    "value per step, so later ones at that step are not sent (see "
+                    "`counters.repeated`); pass `step=`, another name, or log the mean",
+                )  # fmt: skip
+                continue
+            self._scalar_steps[key] = at
+            self._buffer.put(ScalarRecord(at, key, logged, now))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record queued so far is sent, or given up; True if that
@@ -523,7 +544,7 @@ class Run:
         self._delivery.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
         if self._owns_http:
             self._http.close()
-        report(self._delivery.counters, run_id=self._id, status=status, flushed=self._flushed,
+        report(self.counters, run_id=self._id, status=status, flushed=self._flushed,
                timeout=timeout, spool_root=self._spool_root)  # fmt: skip
         return self._flushed
 

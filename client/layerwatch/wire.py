@@ -360,7 +360,11 @@ class ModuleInfo(_Model):
 
     path: ModulePath = Field(description="Qualified name; empty for the model itself.")
     type: Name = Field(description="Class name, e.g. `Conv2d`.")
-    params: Count = Field(description="Parameters the module owns itself (not its children's).")
+    params: Count = Field(
+        description="Parameters the module owns itself (not its children's); one shared "
+        "with an earlier module (tied weights) is counted there only, so the counts of a "
+        "tree add up to the model's size."
+    )
     trainable: Count = Field(description="Of those, the ones that require gradients.")
     inputs: list[Shape] | None = Field(
         None, max_length=64, description="Shapes of its tensor inputs at the first forward."
@@ -521,6 +525,15 @@ class ProbeAttributions(_Model):
         return self
 
 
+class ProbeSkipped(_Model):
+    """A layer chosen for the probe that sent no outputs, and why."""
+
+    name: Name
+    reason: str = Field(
+        max_length=500, description="Why, e.g. `output (12, 3, 8) is not batch-first`."
+    )
+
+
 class Probe(_Model):
     """The model's outputs on the fixed probe inputs at one step (or part of them).
 
@@ -541,6 +554,12 @@ class Probe(_Model):
     layers: list[ProbeLayer] = Field(default_factory=list, max_length=1024)
     attributions: ProbeAttributions | None = Field(
         None, description="Integrated gradients of the first samples, when asked for."
+    )
+    skipped: list[ProbeSkipped] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Probed layers left out of this probe, with the reason; carried by "
+        "the first part of a probe, like `labels`.",
     )
 
     @model_validator(mode="after")

@@ -208,6 +208,8 @@ class SqlProbe(Base):
     labels: Mapped[bytes | None] = mapped_column(LargeBinary)
     predictions: Mapped[bytes | None] = mapped_column(LargeBinary)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Layers the client left out, `[{"name": ..., "reason": ...}]`; None when none.
+    skipped: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
 
 
 class SqlProbeLayer(Base):

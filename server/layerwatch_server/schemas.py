@@ -239,6 +239,13 @@ class ProbeLayerSummary(_Public):
     maps_shape: list[int] | None
 
 
+class ProbeSkippedPublic(_Public):
+    """A probed layer the client left out (see ``layerwatch.wire.ProbeSkipped``)."""
+
+    name: str
+    reason: str
+
+
 class ProbeSummary(_Public):
     step: int
     rank: int
@@ -248,6 +255,9 @@ class ProbeSummary(_Public):
     layers: list[ProbeLayerSummary]
     attributions: list[int] | None = Field(
         None, description="Shape of the stored integrated gradients, (samples, *input shape)."
+    )
+    skipped: list[ProbeSkippedPublic] = Field(
+        default_factory=list, description="Probed layers the client left out, and why."
     )
 
 

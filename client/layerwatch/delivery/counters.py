@@ -21,6 +21,7 @@ class Counters:
     dropped: int  # records given up: full queue, refused or unsendable batches, shutdown
     failed_batches: int  # batches given up
     spooled: int = 0  # records on disk awaiting delivery (by this process or `layerwatch sync`)
+    repeated: int = 0  # scalar values not sent: logged again at a step that had a value
 
 
 def report(
@@ -43,6 +44,12 @@ def report(
         f"layerwatch: run {run_id} {status}: {counts.sent} records sent, "
         f"{counts.spooled} spooled, {counts.dropped} dropped "
         f"({counts.failed_batches} batches given up)"
+        + (
+            f"; {counts.repeated} repeated scalar values not sent (a scalar keeps its first "
+            "value per step)"
+            if counts.repeated
+            else ""
+        )
         + ("" if flushed else f" (sending timed out after {timeout:g}s)")
         + replay
     )

@@ -39,7 +39,9 @@ class PendingProbe:
     def json(self) -> bytes:
         if self.body is None:
             assert self.probe is not None
-            self.body = self.probe.model_dump_json().encode()
+            # Without layers left out, the body is what servers before `skipped` take.
+            leave_out = None if self.probe.skipped else {"skipped"}
+            self.body = self.probe.model_dump_json(exclude=leave_out).encode()
         return self.body
 
 

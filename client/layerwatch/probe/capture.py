@@ -20,8 +20,20 @@ What is kept, per probed layer (all caps are keyword arguments of `run_probe()`)
   (32) when larger; shape `(m, c, h, w)`.
 * `(N, T, F)` and other ranks: the mean over the middle dimensions, `(N, F)`
   (`reduced="averaged"`), then truncated to `features` like a 2-D output.
+* ragged outputs: a `PackedSequence` (an RNN, LSTM or GRU given packed input) or
+  a nested tensor (what `nn.TransformerEncoder` makes of a padded batch with a
+  `src_key_padding_mask` in eval mode): the mean of each sample over its own
+  steps, padding left out, `(N, F)` (`reduced="averaged"`); `source_shape` is the
+  longest sample's.
 * a layer whose output has no floating-point tensor, whose first dimension is not
-  the batch, or whose shape changes between chunks is left out (logged once).
+  the batch (an RNN's `(T, N, F)` without `batch_first`), whose shape changes
+  between chunks, or whose reduction fails is left out: the payload's `skipped`
+  names it with the reason (the `Prober` logs each layer and reason once, as a
+  warning).
+* autocast is off for the whole probe, the model's forward included: a probe is
+  the model in its own dtypes, comparable from one probe to the next whether
+  `run.probe()` is called inside an autocast region or not, and the packing
+  (float16 features) is not cast behind its back.
 * `predictions`: the argmax over the last dimension of the model's output when it
   is a floating-point `(N, classes)` tensor, else none.
 
@@ -34,17 +46,11 @@ packed values, about 11 MiB of base64: well under the server's 32 MiB body limit
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Final
 
 import torch
 from torch import nn
-from torch.nn.functional import adaptive_avg_pool2d
-from torch.nn.modules.batchnorm import _NormBase
 
 from layerwatch import wire
 from layerwatch.errors import ConfigError
@@ -52,6 +58,8 @@ from layerwatch.logs import logger
 from layerwatch.options import DEFAULT_ATTRIBUTION_STEPS
 from layerwatch.probe.attribution import integrated_gradients
 from layerwatch.probe.inputs import DEFAULT_MAX_SAMPLES, ProbeInputs, ProbeSet, pack_int32
+from layerwatch.probe.layers import Caps, LayerOutputs, make_hook, pack_layer
+from layerwatch.probe.state import autocast_off, kept_state
 from layerwatch.reduce.statistics import first_float_tensor
 
 __all__ = [
@@ -66,8 +74,6 @@ __all__ = [
 
 MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
 """Most packed bytes (features, maps, labels, predictions) of one `wire.Probe`."""
-
-_ForwardHook = Callable[[nn.Module, tuple[object, ...], object], None]
 
 
 def check_probe_options(
@@ -89,30 +95,6 @@ def check_probe_options(
         raise ConfigError(
             f"`maps` x `max_channels` x `map_size`^2 must be at most {wire.MAX_PROBE_VALUES}"
         )
-
-
-@dataclass
-class _Layer:
-    """What the temporary hook of one module collects over the chunks of a probe."""
-
-    name: str
-    features: list[torch.Tensor] = field(default_factory=list)  # (rows, ...) float16 each
-    maps: list[torch.Tensor] = field(default_factory=list)  # (m, c, h, w) float16 each
-    source_shape: tuple[int, ...] | None = None
-    reduced: wire.Reduction = "none"
-    rows: int = 0  # samples collected so far
-    seen: bool = False  # in this chunk: a module called twice keeps its first call
-    skipped: str | None = None
-
-
-@dataclass
-class _Options:
-    features: int
-    maps: int
-    map_size: int
-    max_channels: int
-    start: int = 0  # first sample of the chunk running now
-    rows: int = 0  # its sample count
 
 
 def run_probe(
@@ -165,10 +147,10 @@ def run_probe(
         raise ConfigError("probed modules need distinct names")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
-    layers = [_Layer(name) for name in names]
-    options = _Options(features, maps, map_size, max_channels)
+    layers = [LayerOutputs(name) for name in names]
+    options = Caps(features, maps, map_size, max_channels)
     try:
-        with kept_state(model) as device:
+        with kept_state(model) as device, autocast_off(device):
             predictions = _forward(model, probe_set, modules, layers, options, batch_size, device)
             explained = None
             if attributions:
@@ -177,61 +159,21 @@ def run_probe(
                 )  # fmt: skip
                 explained = _attribute(model, probe_set, targets, attributions,
                                        attribution_steps, batch_size, device)  # fmt: skip
-        packed = None if predictions is None else pack_int32(torch.cat(predictions))
-        probe_layers = [_to_wire(layer, probe_set.samples) for layer in layers]
-        skipped = [f"{layer.name} ({layer.skipped})" for layer in layers if layer.skipped]
-        if skipped:
-            logger.info("layerwatch: the probe leaves out %s", ", ".join(skipped))
+            packed = None if predictions is None else pack_int32(torch.cat(predictions))
+            probe_layers = [pack_layer(layer, probe_set.samples) for layer in layers]
+        skipped = [wire.ProbeSkipped(name=layer.name, reason=layer.skipped[:500])
+                   for layer in layers if layer.skipped]  # fmt: skip
         return _split([p for p in probe_layers if p is not None], step=step, rank=rank,
                       samples=probe_set.samples, labels=probe_set.packed_labels,
-                      predictions=packed, attributions=explained,
+                      predictions=packed, attributions=explained, skipped=skipped,
                       max_bytes=max_payload_bytes)  # fmt: skip
     except Exception:
         logger.warning("layerwatch: the probe at step %d failed; nothing sent", step, exc_info=True)
         return []
 
 
-@contextlib.contextmanager
-def kept_state(model: nn.Module) -> Iterator[torch.device | None]:
-    """Put the model's state back on leaving, whatever ran; yields the model's device.
-
-    Kept: every module's `training` flag, the CPU and CUDA RNG states, and the
-    normalisation modules' running statistics; any other buffer that changed (by its
-    version counter) is logged. Parameters' `.grad` need no keeping: nothing run
-    here accumulates into them.
-    """
-    params = list(model.parameters())
-    first = params[0] if params else next(iter(model.buffers()), None)
-    cuda = sorted({p.device.index or 0 for p in params if p.is_cuda})
-    flags = [(module, module.training) for module in model.modules()]  # the model first
-    norms = [b for m in model.modules() if isinstance(m, _NormBase) for b in m.buffers()]
-    saved = [(b, b.clone()) for b in norms]  # running stats: a few KiB
-    versions = [(name, b, b._version) for name, b in model.named_buffers()]
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield None if first is None else first.device
-    finally:
-        model.train(flags[0][1])  # symmetric with eval(): a user's train() override runs
-        for module, training in flags:
-            module.training = training
-        with torch.no_grad():
-            for buffer, copy in saved:
-                # batch_norm updates its running stats without bumping their version
-                # counter: compare values, and write only what changed, so that a graph
-                # that saved these buffers is not invalidated for nothing.
-                if not torch.equal(buffer, copy):
-                    buffer.copy_(copy)
-        restored = {id(b) for b in norms}
-        changed = [n for n, b, v in versions if b._version != v and id(b) not in restored]
-        if changed:
-            logger.warning(
-                "layerwatch: the probe's eval forward changed buffers %s; left as they are",
-                ", ".join(changed),
-            )
-
-
 def _forward(model: nn.Module, probe_set: ProbeSet, modules: Sequence[tuple[str, nn.Module]],
-             layers: list[_Layer], options: _Options, batch_size: int,
+             layers: list[LayerOutputs], options: Caps, batch_size: int,
              device: torch.device | None,
 ) -> list[torch.Tensor] | None:  # fmt: skip
     """Run every chunk in eval mode with the hooks on (the caller keeps the state).
@@ -241,7 +183,7 @@ def _forward(model: nn.Module, probe_set: ProbeSet, modules: Sequence[tuple[str,
     try:
         with torch.no_grad():
             model.eval()
-            handles = [module.register_forward_hook(_hook(layer, options))
+            handles = [module.register_forward_hook(make_hook(layer, options))
                        for layer, (_, module) in zip(layers, modules, strict=True)]  # fmt: skip
             predictions: list[torch.Tensor] | None = []
             for rows, args, kwargs in probe_set.chunks(batch_size, device):
@@ -262,85 +204,6 @@ def _forward(model: nn.Module, probe_set: ProbeSet, modules: Sequence[tuple[str,
 
 def _is_logits(output: torch.Tensor, rows: int) -> bool:
     return output.dim() == 2 and output.shape[0] == rows and output.shape[1] >= 2
-
-
-def _hook(layer: _Layer, options: _Options) -> _ForwardHook:
-    def hook(module: nn.Module, args: tuple[object, ...], output: object) -> None:
-        if layer.seen or layer.skipped:
-            return
-        layer.seen = True
-        tensor = first_float_tensor(output)
-        if tensor is None:
-            layer.skipped = "no floating-point output"
-        elif tensor.dim() == 0 or tensor.shape[0] != options.rows:
-            layer.skipped = f"output {tuple(tensor.shape)} is not batch-first"
-        elif layer.source_shape not in (None, tuple(tensor.shape[1:])):
-            layer.skipped = "output shape changes between chunks"
-        elif layer.rows != options.start:
-            layer.skipped = "not called on every chunk"
-        elif any(size == 0 for size in tensor.shape[1:]):
-            layer.skipped = "empty output"
-        else:
-            layer.source_shape = tuple(tensor.shape[1:])
-            x = tensor.detach().float()  # reductions in float32, float16 only at the end
-            feats, layer.reduced = _reduce_features(x, options.features)
-            layer.features.append(feats.to(torch.float16))
-            layer.rows += options.rows
-            taken = sum(m.shape[0] for m in layer.maps)
-            if x.dim() == 4 and taken < options.maps:
-                layer.maps.append(_feature_maps(x[: options.maps - taken], options))
-
-    return hook
-
-
-def _reduce_features(x: torch.Tensor, budget: int) -> tuple[torch.Tensor, wire.Reduction]:
-    if x.dim() == 1:
-        return x.unsqueeze(1), "none"  # (N, 1)
-    if x.dim() == 4:  # (N, C, H, W)
-        _, c, h, w = x.shape
-        if c * h * w <= budget:
-            return x, "none"
-        side = math.isqrt(budget // c) if c <= budget else 1
-        x = x[:, :budget]  # (N, min(C, budget), H, W)
-        if h <= side and w <= side:
-            return x, "truncated"
-        return adaptive_avg_pool2d(x, (min(h, side), min(w, side))), "pooled"  # (N, C', h, w)
-    reduced: wire.Reduction = "none"
-    if x.dim() > 2:
-        x = x.flatten(1, -2).mean(1)  # (N, T..., F) -> (N, F)
-        reduced = "averaged"
-    if x.shape[1] > budget:
-        return x[:, :budget], "truncated" if reduced == "none" else reduced
-    return x, reduced
-
-
-def _feature_maps(x: torch.Tensor, options: _Options) -> torch.Tensor:
-    x = x[:, : options.max_channels]  # (m, c, H, W)
-    h, w = x.shape[2:]
-    if h > options.map_size or w > options.map_size:
-        x = adaptive_avg_pool2d(x, (min(h, options.map_size), min(w, options.map_size)))
-    return x.to(torch.float16)
-
-
-def _to_wire(layer: _Layer, samples: int) -> wire.ProbeLayer | None:
-    if layer.skipped is None and layer.rows != samples:
-        layer.skipped = "not called on every chunk" if layer.rows else "not called"
-    if layer.skipped is not None:
-        return None
-    feats = torch.cat(layer.features)  # (samples, ...) float16, on the model's device
-    maps = torch.cat(layer.maps) if layer.maps else None  # (m, c, h, w)
-    flat = feats.reshape(-1) if maps is None else torch.cat([feats.reshape(-1), maps.reshape(-1)])
-    host = flat.cpu().numpy().astype("<f2", copy=False)  # the one host copy of the layer
-    split = feats.numel()
-    return wire.ProbeLayer(
-        name=layer.name,
-        features_shape=list(feats.shape),
-        features=base64.b64encode(host[:split].tobytes()),
-        source_shape=list(layer.source_shape or ()),
-        reduced=layer.reduced,
-        maps_shape=None if maps is None else list(maps.shape),
-        maps=None if maps is None else base64.b64encode(host[split:].tobytes()),
-    )
 
 
 def _attribute(model: nn.Module, probe_set: ProbeSet, targets: torch.Tensor | None, count: int,
@@ -364,10 +227,12 @@ def _attribute(model: nn.Module, probe_set: ProbeSet, targets: torch.Tensor | No
 
 def _split(layers: list[wire.ProbeLayer], *, step: int, rank: int, samples: int,
            labels: bytes | None, predictions: bytes | None,
-           attributions: wire.ProbeAttributions | None, max_bytes: int,
+           attributions: wire.ProbeAttributions | None, skipped: list[wire.ProbeSkipped],
+           max_bytes: int,
 ) -> list[wire.Probe]:  # fmt: skip
-    """Group layers into payloads of at most `max_bytes` packed bytes, in order."""
-    if not layers and labels is None and predictions is None and attributions is None:
+    """Group layers into payloads of at most `max_bytes` packed bytes, in order; the
+    first also carries labels, predictions, attributions and the skipped layers."""
+    if not (layers or skipped) and labels is None and predictions is None and attributions is None:
         return []
     groups: list[list[wire.ProbeLayer]] = [[]]
     size = (0 if labels is None else 4 * samples) + (0 if predictions is None else 4 * samples)
@@ -381,6 +246,7 @@ def _split(layers: list[wire.ProbeLayer], *, step: int, rank: int, samples: int,
         groups[-1].append(layer)
         size += nbytes
     first = wire.Probe(step=step, rank=rank, samples=samples, layers=groups[0], labels=labels,
-                       predictions=predictions, attributions=attributions)  # fmt: skip
+                       predictions=predictions, attributions=attributions,
+                       skipped=skipped[:1024])  # fmt: skip
     return [first] + [wire.Probe(step=step, rank=rank, samples=samples, layers=group)
                       for group in groups[1:]]  # fmt: skip

@@ -10,6 +10,7 @@ from torch import nn
 from layerwatch import wire
 from layerwatch.distributed import current_rank
 from layerwatch.errors import ConfigError
+from layerwatch.logs import logger
 from layerwatch.options import Probe
 from layerwatch.probe.attribution import require_captum
 from layerwatch.probe.capture import check_probe_options, run_probe
@@ -38,6 +39,7 @@ class Prober:
             raise ConfigError("probe `attributions` need probe inputs of one float tensor")
         self._options = options
         self._submit = submit
+        self._reported: set[tuple[str, str]] = set()  # (layer, reason) already warned of
 
     def due(self, step: int) -> bool:
         """True when the probe runs by itself at `step` (`Probe(every=...)`)."""
@@ -55,8 +57,20 @@ class Prober:
             attributions=options.attributions, attribution_steps=options.attribution_steps,
         )  # fmt: skip
         for payload in payloads:
+            self._report(payload.skipped, step)
             size = sum(len(layer.features) + len(layer.maps or b"") for layer in payload.layers)
             if payload.attributions is not None:
                 size += len(payload.attributions.values)
             self._submit(payload, size)
         return len(payloads)
+
+    def _report(self, skipped: Sequence[wire.ProbeSkipped], step: int) -> None:
+        """Warn of each layer left out, once per layer and reason."""
+        new = [s for s in skipped if (s.name, s.reason) not in self._reported]
+        if not new:
+            return
+        self._reported.update((s.name, s.reason) for s in new)
+        logger.warning(
+            "layerwatch: the probe at step %d leaves out %s",
+            step, "; ".join(f"`{s.name}` ({s.reason})" for s in new),
+        )  # fmt: skip

@@ -19,11 +19,13 @@ reused at every capture, so a distribution over time follows the same positions.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
+from torch import nn
+from torch.nn.modules import conv, dropout, padding, pooling
+from torch.nn.modules.batchnorm import _NormBase
 
 from layerwatch.wire import DEFAULT_BINS, DEFAULT_SAMPLE_SIZE, MAX_UNITS, STAT_INDEX, STAT_NAMES
 
@@ -35,6 +37,7 @@ __all__ = [
     "Summary",
     "activation_stats",
     "first_float_tensor",
+    "packed_components",
     "relative_change",
     "unit_dim",
 ]
@@ -42,7 +45,36 @@ __all__ = [
 NUM_STATS = len(STAT_NAMES)
 _MIN, _MAX, _NONFINITE, _NUMEL = (STAT_INDEX[s] for s in ("min", "max", "nonfinite", "numel"))
 _FLOAT32_SAFE = 1e30  # products below this are far from float32's overflow (3.4e38)
-_CHANNEL_MODULES = re.compile(r"Conv|BatchNorm|InstanceNorm|GroupNorm|Pool|Upsample|Dropout\dd")
+# Modules whose outputs are channel-first, `(N, C, L...)`: their units are dim 1
+# whatever the rank. Decided by class, never by name: Hugging Face's GPT-2
+# `Conv1D` is a linear layer with `(N, T, F)` outputs.
+_CHANNEL_FIRST: tuple[type[nn.Module], ...] = (
+    conv._ConvNd,  # Conv1d-3d, ConvTranspose1d-3d, their lazy and quantised kin
+    _NormBase,  # BatchNorm1d-3d, InstanceNorm1d-3d, SyncBatchNorm
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    pooling._MaxPoolNd,
+    pooling._AvgPoolNd,
+    pooling._AdaptiveMaxPoolNd,
+    pooling._AdaptiveAvgPoolNd,
+    pooling._LPPoolNd,
+    pooling._MaxUnpoolNd,
+    nn.Upsample,
+    dropout.Dropout1d,
+    dropout.Dropout2d,
+    dropout.Dropout3d,
+    dropout.FeatureAlphaDropout,
+    padding._ReflectionPadNd,
+    padding._ReplicationPadNd,
+    padding._CircularPadNd,
+)
+# For callers that pass a class name: torch's own channel-first classes, by exact
+# name (`Conv1d` is one, GPT-2's `Conv1D` is not).
+_CHANNEL_NAMES = frozenset(
+    cls.__name__
+    for cls in vars(nn).values()
+    if isinstance(cls, type) and issubclass(cls, _CHANNEL_FIRST)
+)
 
 
 def activation_stats(tensor: torch.Tensor) -> torch.Tensor:
@@ -86,11 +118,22 @@ def activation_stats(tensor: torch.Tensor) -> torch.Tensor:
         return stats.to(torch.float32)  # (NUM_STATS,); a no-op unless the default is float64
 
 
-def first_float_tensor(output: object, _depth: int = 0) -> torch.Tensor | None:
+def first_float_tensor(
+    output: object, _depth: int = 0, *, nested: bool = False
+) -> torch.Tensor | None:
     """The tensor a module output is summarised by: itself, or the first floating-point
-    tensor in a tuple, list or dict (searched a few levels deep); None when there is none."""
+    tensor in a tuple, list or dict (searched a few levels deep); None when there is none.
+
+    A nested tensor (the ragged batch `nn.TransformerEncoder` makes of a padded one
+    in eval mode) is returned as its components concatenated along their first
+    dimension, `(B, T_i, F)` -> `(sum T_i, F)`, so padding never enters the
+    statistics; with `nested=True` it is returned as it is. A `PackedSequence` is
+    summarised by its `data`, `(sum T_i, F)`, which comes first in it.
+    """
     if isinstance(output, torch.Tensor):
-        return output if output.is_floating_point() else None
+        if not output.is_floating_point():
+            return None
+        return output if nested or not output.is_nested else packed_components(output)
     if _depth >= 3:
         return None
     items: Iterable[object]
@@ -101,10 +144,22 @@ def first_float_tensor(output: object, _depth: int = 0) -> torch.Tensor | None:
     else:
         return None
     for item in items:
-        found = first_float_tensor(item, _depth + 1)
+        found = first_float_tensor(item, _depth + 1, nested=nested)
         if found is not None:
             return found
     return None
+
+
+def packed_components(tensor: torch.Tensor) -> torch.Tensor:
+    """The components of nested `tensor` concatenated along their first dimension,
+    `(B, T_i, *rest)` -> `(sum T_i, *rest)`; flattened to 1-D when `rest` is ragged too."""
+    with torch.no_grad():
+        parts = [part.detach() for part in tensor.unbind()]
+        if not parts:
+            return torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+        if len({part.shape[1:] for part in parts}) == 1 and parts[0].dim() >= 1:
+            return torch.cat(parts)
+        return torch.cat([part.reshape(-1) for part in parts])
 
 
 class Summary(NamedTuple):
@@ -184,7 +239,9 @@ def _fast_stats(x: torch.Tensor) -> tuple[torch.Tensor, float, float] | None:
     sum_sq = torch.dot(x, x).item()
     mean = total / n
     variance = sum_sq / n - mean * mean
-    if variance <= 1e-4 * mean * mean:  # cancellation: take the two-pass form
+    # sum(x^2)/n - mean^2 loses about mean^2/variance times float32's precision to
+    # cancellation: past mean^2 = 100 variance (|mean| > 10 std), take the two-pass form.
+    if variance <= 1e-2 * mean * mean:
         deviation = x - mean
         variance = torch.dot(deviation, deviation).item() / n
     if lo >= 0:  # e.g. ReLU outputs: |x| = x, and zeros only if lo is one
@@ -238,14 +295,25 @@ def _bin_index(sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: i
     return ((sample - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)  # floor
 
 
-def unit_dim(shape: torch.Size | tuple[int, ...], module_type: str) -> int | None:
+def unit_dim(shape: torch.Size | tuple[int, ...], module: nn.Module | str) -> int | None:
     """The dimension of a module output whose entries are its units: channels (dim 1)
-    for 4-D and 5-D outputs and for 3-D outputs of convolution-like modules, else the
-    last dimension; None for outputs of fewer than two dimensions."""
+    for 4-D and 5-D outputs and for 3-D outputs of channel-first modules (convolutions,
+    batch, instance and group norms, pooling, upsampling, channel dropout, padding by
+    reflection), else the last dimension (features, as of `Linear`, `LayerNorm`, or
+    GPT-2's `Conv1D`); None for outputs of fewer than two dimensions.
+
+    `module` is the module itself, or its class name, which is matched against the
+    names of torch's own channel-first classes (a user's class that shares one of
+    them is then taken for it): callers should pass the module.
+    """
     rank = len(shape)
     if rank < 2:
         return None
-    if rank >= 4 or (rank == 3 and _CHANNEL_MODULES.search(module_type)):
+    if isinstance(module, str):
+        channel_first = module in _CHANNEL_NAMES
+    else:
+        channel_first = isinstance(module, _CHANNEL_FIRST)
+    if rank >= 4 or (rank == 3 and channel_first):
         return 1
     return rank - 1
 

@@ -3,7 +3,7 @@
 from layerwatch_server.store.embeddings import EmbeddingKey, get_embedding, save_embedding
 from layerwatch_server.store.ingest import ingest_batch
 from layerwatch_server.store.layers import get_model_trees, get_unit_means, get_weight_changes
-from layerwatch_server.store.probes import get_probe, ingest_probe, list_probes
+from layerwatch_server.store.probes import get_probe, ingest_probe, left_out_because, list_probes
 from layerwatch_server.store.runs import (
     create_or_resume_run,
     data_version,
@@ -34,6 +34,7 @@ __all__ = [
     "heartbeat",
     "ingest_batch",
     "ingest_probe",
+    "left_out_because",
     "list_probes",
     "list_projects",
     "list_runs",

@@ -24,7 +24,12 @@ from layerwatch_server.models import (
     SqlProbeLayer,
     utcnow,
 )
-from layerwatch_server.schemas import ProbeLayerSummary, ProbesPublic, ProbeSummary
+from layerwatch_server.schemas import (
+    ProbeLayerSummary,
+    ProbeSkippedPublic,
+    ProbesPublic,
+    ProbeSummary,
+)
 from layerwatch_server.store import codec
 from layerwatch_server.store.runs import require_run, touch_run
 
@@ -54,6 +59,12 @@ def ingest_probe(session: Session, run_id: str, probe: wire.Probe) -> wire.Probe
             raise Conflict(f"{where}: `{field}` differ from the ones stored")
         if new is not None and old is None:
             setattr(stored, field, new)
+    if probe.skipped:  # carried by the first part, as the labels are
+        skipped = [s.model_dump() for s in probe.skipped]
+        if stored.skipped is None:
+            stored.skipped = skipped
+        elif stored.skipped != skipped:
+            raise Conflict(f"{where}: `skipped` differs from the one stored")
     if probe.attributions is not None:
         _store_attributions(session, key, probe.attributions, where)
     session.flush()
@@ -160,12 +171,26 @@ def require_probe(
     found = {layer.name for layer in stored}
     missing = [name for name in layers or () if name not in found]
     if missing:
-        raise ProbeNotFound(f"the probe at step {step} has no layer `{missing[0]}`")
+        skipped = [wire.ProbeSkipped.model_validate(s) for s in probe.skipped or ()]
+        raise ProbeNotFound(
+            f"the probe at step {step} has no layer `{missing[0]}`"
+            + left_out_because(skipped, missing[0])
+        )
     return probe, stored
 
 
+def left_out_because(
+    skipped: Collection[wire.ProbeSkipped | ProbeSkippedPublic], layer: str
+) -> str:
+    """`": the client left it out: <reason>"` when `layer` is among `skipped`, else ``""``:
+    what a message about a missing probe layer ends with."""
+    reason = next((s.reason for s in skipped if s.name == layer), None)
+    return "" if reason is None else f": the client left it out: {reason}"
+
+
 def list_probes(session: Session, run_id: str, *, rank: int = 0) -> ProbesPublic:
-    """The probes of a run, by step, with their layers' shapes (no values)."""
+    """The probes of a run, by step, with their layers' shapes (no values) and the layers
+    the client left out, with the reason for each."""
     require_run(session, run_id)
     probes = session.scalars(
         select(SqlProbe)
@@ -212,6 +237,7 @@ def list_probes(session: Session, run_id: str, *, rank: int = 0) -> ProbesPublic
             predictions=probe.predictions is not None,
             layers=layers[probe.step],
             attributions=explained.get(probe.step),
+            skipped=[ProbeSkippedPublic.model_validate(s) for s in probe.skipped or ()],
         )
         for probe in probes
     ]
@@ -236,6 +262,7 @@ def get_probe(
         labels=_bytes(probe.labels),
         predictions=_bytes(probe.predictions),
         attributions=None if explained is None else _attributions(explained),
+        skipped=[wire.ProbeSkipped.model_validate(s) for s in probe.skipped or ()],
         layers=[
             wire.ProbeLayer.model_construct(
                 name=layer.name,

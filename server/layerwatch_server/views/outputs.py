@@ -260,8 +260,9 @@ def compute_feature_maps(
         )
         return data
     if layer not in {summary_layer.name for summary_layer in summary.layers}:
-        raise ProbeNotFound(f"`layer` `{layer}`: the probe at step {step} has no such layer; "
-                       f"layers with maps: {listing(with_maps)}")  # fmt: skip
+        raise ProbeNotFound(f"`layer` `{layer}`: the probe at step {step} has no such layer"
+                            f"{store.left_out_because(summary.skipped, layer)}; "
+                            f"layers with maps: {listing(with_maps)}")  # fmt: skip
     if layer not in with_maps:
         raise InvalidQuery(f"`layer` `{layer}` has no feature maps at step {step} (only "
                            f"convolution outputs keep them); layers with maps: "

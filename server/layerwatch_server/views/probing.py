@@ -101,6 +101,7 @@ def choose_probe(
         if not having:
             raise ProbeNotFound(
                 f"`layer`: run `{run_id}` has no probed layer `{layer}` (rank {rank})"
+                + (store.left_out_because(probes[-1].skipped, layer) if probes else "")
             )
         chosen = having[-1]
     elif probes:

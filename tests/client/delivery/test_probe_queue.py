@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwatch import wire
-from layerwatch.delivery.probes import ProbeQueue
+from layerwatch.delivery.probes import PendingProbe, ProbeQueue
 from layerwatch.delivery.spool.disk import DiskSpool
 from layerwatch.delivery.spool.files import SpoolInfo, write_spool_info
 from layerwatch.delivery.spool.probe_files import PROBE_DIR, ProbeFiles
@@ -115,3 +115,11 @@ def test_a_spool_with_probes_left_keeps_its_directory(tmp_path: Path) -> None:
         ProbeFiles(directory).delete(path)
     spool.close()
     assert not directory.exists()
+
+
+def test_the_body_names_skipped_layers_only_when_there_are_some() -> None:
+    plain = PendingProbe(probe(0), 24, 2)
+    assert b'"skipped"' not in plain.json()  # what servers before the field take
+    left_out = [wire.ProbeSkipped(name="gru", reason="output (7, 3, 5) is not batch-first")]
+    noted = PendingProbe(probe(0).model_copy(update={"skipped": left_out}), 24, 2)
+    assert wire.Probe.model_validate_json(noted.json()).skipped == left_out

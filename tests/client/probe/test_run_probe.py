@@ -363,17 +363,17 @@ class Shapeless(nn.Module):
         return x.argmax(1), x.flatten()  # integers, and no sample dimension
 
 
-def test_outputs_without_per_sample_floats_are_left_out(iris, caplog) -> None:
+def test_outputs_without_per_sample_floats_are_left_out(iris) -> None:
     x, y = iris
     model = nn.Sequential(nn.Linear(4, 3), Shapeless())
     modules = [("linear", model[0]), ("shapeless", model[1]), ("never", nn.Identity())]
-    with caplog.at_level(logging.INFO, logger="layerwatch"):
-        probes = run_probe(model, ProbeSet(x, y), modules, step=0)
+    probes = run_probe(model, ProbeSet(x, y), modules, step=0)
     assert list(layers_of(probes)) == ["linear"]
     assert probes[0].predictions is None  # the model's output is not (N, classes)
-    (record,) = [r for r in caplog.records if "leaves out" in r.message]
-    assert "shapeless (output (450,) is not batch-first)" in record.message
-    assert "never (not called)" in record.message
+    assert [(s.name, s.reason) for s in probes[0].skipped] == [
+        ("shapeless", "output (450,) is not batch-first"),
+        ("never", "not called"),
+    ]
 
 
 def test_a_module_called_twice_keeps_its_first_call(iris) -> None:
@@ -536,3 +536,41 @@ def test_a_cuda_model_probes_host_inputs_and_keeps_the_cuda_rng(digits) -> None:
         features(layers_of(probes)["0"]), eval_forward(model[0], x[:300].cuda()).cpu(), **F16
     )
     assert x.device.type == "cpu"
+
+
+class Sparse(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to_sparse()  # batch-first floats that the packing cannot reshape
+
+
+class Branches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.side = Sparse()
+        self.nested = NestedSide()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        self.side(out)
+        self.nested(out)
+        return out
+
+
+class NestedSide(nn.Module):
+    """Returns a nested tensor whose components have no common feature size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nested.nested_tensor([row[None, : 1 + i % 3] for i, row in enumerate(x)])
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_a_layer_that_cannot_be_reduced_costs_only_itself(iris) -> None:
+    x, y = iris
+    model = Branches()
+    modules = [("fc", model.fc), ("side", model.side), ("nested", model.nested)]
+    probes = run_probe(model, ProbeSet(x, y), modules, step=0, batch_size=50)
+    assert list(layers_of(probes)) == ["fc"]
+    reasons = {s.name: s.reason for s in probes[0].skipped}
+    assert reasons["side"].startswith("its output could not be packed: RuntimeError")
+    assert reasons["nested"] == "ragged output without a fixed feature size"

@@ -223,3 +223,78 @@ def test_histograms_of_subnormal_ranges(sync: bool) -> None:
     summary = Summarizer(bins=2).summarize(values, units=None, sync=sync)
     assert summary.counts is not None
     assert summary.counts.tolist() == [1, 2]  # as np.histogram bins them
+
+
+class Conv1D(torch.nn.Module):
+    """A user's linear layer that happens to share GPT-2's class name."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(nx, nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
+@pytest.mark.parametrize(
+    ("module", "dim"),
+    [
+        (torch.nn.Conv1d(4, 6, 3), 1),
+        (torch.nn.BatchNorm1d(6), 1),
+        (torch.nn.MaxPool1d(2), 1),
+        (torch.nn.Dropout1d(), 1),
+        (torch.nn.Linear(4, 6), 2),
+        (torch.nn.LayerNorm(6), 2),
+        (torch.nn.Dropout(), 2),
+        (Conv1D(96, 32), 2),
+    ],
+)
+def test_unit_dim_of_3d_outputs_follows_the_module_class(module: torch.nn.Module, dim: int) -> None:
+    assert unit_dim((2, 16, 96), module) == dim
+    assert unit_dim((2, 16, 96, 3), module) == 1  # 4-D outputs are channel-first
+    assert unit_dim((16,), module) is None
+
+
+def test_gpt2_conv1d_units_are_its_output_features() -> None:
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D as HfConv1D
+
+    assert transformers is not None
+    c_attn = HfConv1D(3 * 32, 32)  # GPT-2's fused q, k, v projection, n_embd=32
+    out = c_attn(torch.randn(2, 16, 32))  # (B, T, 3 * n_embd)
+    dim = unit_dim(out.shape, c_attn)
+    assert dim == 2
+    summary = Summarizer(bins=None).summarize(out, units=dim, sync=True)
+    assert summary.units is not None
+    assert summary.units.shape == (96,)
+    np.testing.assert_allclose(summary.units.numpy(), out.detach().mean((0, 1)).numpy(), rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_a_nested_tensor_is_summarised_by_its_components_without_padding() -> None:
+    parts = [torch.randn(3, 4), torch.randn(5, 4)]
+    nested = torch.nested.nested_tensor(parts)
+    found = first_float_tensor((nested, None))
+    assert found is not None
+    assert not found.is_nested
+    assert torch.equal(found, torch.cat(parts))  # (sum T_i, F): no padding rows
+    assert first_float_tensor(nested, nested=True) is nested
+    summary = Summarizer(bins=8).summarize(found, units=unit_dim(found.shape, "Linear"), sync=True)
+    assert summary.stats[wire.STAT_INDEX["numel"]].item() == 32
+    assert summary.units is not None
+    assert summary.units.shape == (4,)
+    ragged = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(2, 5)])
+    flat = first_float_tensor(ragged)
+    assert flat is not None
+    assert flat.shape == (16,)
+
+
+def test_a_packed_sequence_is_summarised_by_its_data() -> None:
+    lengths = torch.tensor([5, 2, 3])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        torch.randn(3, 5, 4), lengths, batch_first=True, enforce_sorted=False
+    )
+    output, _ = torch.nn.LSTM(4, 6, batch_first=True)(packed)
+    found = first_float_tensor((output, None))
+    assert found is output.data
+    assert found.shape == (10, 6)

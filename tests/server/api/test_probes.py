@@ -231,3 +231,30 @@ def test_attributions_of_more_samples_than_the_probe(api: httpx.Client, run_id: 
     response = post(api, run_id, probe(0, [], samples=1, attributions=explained) | {"labels": None})
     assert response.status_code == 422
     assert "more samples" in response.text
+
+
+def test_skipped_layers_are_stored_once_and_listed(api: httpx.Client, run_id: str) -> None:
+    skipped = [{"name": "gru", "reason": "output (7, 6, 5) is not batch-first"}]
+    first = probe(3, [layer("fc1", features(6, 5))], skipped=skipped)
+    assert post(api, run_id, first).status_code == 200
+    assert post(api, run_id, first).status_code == 200  # sent again: a no-op
+    second = probe(3, [layer("out", features(6, 3))])  # a later part carries none
+    assert post(api, run_id, second).status_code == 200
+    other = probe(3, [], skipped=[{"name": "gru", "reason": "empty output"}])
+    refused = post(api, run_id, other)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "conflict"
+    [listed] = api.get(f"/runs/{run_id}/probes").raise_for_status().json()["data"]
+    assert listed["skipped"] == skipped
+    assert [item["name"] for item in listed["layers"]] == ["fc1", "out"]
+    stored = api.get(f"/runs/{run_id}/probes/3").raise_for_status().json()
+    assert stored["skipped"] == skipped
+    missing = api.get(f"/runs/{run_id}/probes/3", params={"layer": "gru"})
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == (
+        "the probe at step 3 has no layer `gru`: the client left it out: "
+        "output (7, 6, 5) is not batch-first"
+    )
+    plain = probe(4, [layer("fc1", features(6, 5))])
+    assert post(api, run_id, plain).status_code == 200
+    assert api.get(f"/runs/{run_id}/probes").json()["data"][1]["skipped"] == []

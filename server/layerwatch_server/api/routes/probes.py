@@ -47,7 +47,7 @@ async def ingest_probe(
     responses=error_responses(404, 422, 503, not_found=_RUN_NOT_FOUND),
 )
 def list_probes(session: SessionDep, run_id: RunId, rank: Rank = 0) -> ProbesPublic:
-    """The run's probes by step, with each layer's shapes but not its values."""
+    """The run's probes by step: each layer's shapes (no values), and the layers left out."""
     return store.list_probes(session, run_id, rank=rank)
 
 
