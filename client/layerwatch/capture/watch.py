@@ -304,7 +304,7 @@ class Watch:
         if key not in self._tensors:  # shape and dtype are host metadata: no sync
             dtype = str(tensor.dtype).removeprefix("torch.")
             self._tensors[key] = (module_type, tuple(tensor.shape), dtype)
-        units = unit_dim(tensor.shape, module_type) if self._options.unit_means else None
+        units = unit_dim(tensor.shape, module) if self._options.unit_means else None
         step, numel, summarizer = self._step, tensor.numel(), self._summarizer
         snapshot = tensor.detach()
         if snapshot.device.type == "cpu":
