@@ -81,8 +81,9 @@ class ManualClassifier(Classifier):
 
 
 def _trainer(callback: LayerwatchCallback, **kwargs: Any) -> Any:
+    kwargs.setdefault("devices", 1)
     return pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], **kwargs,
     )  # fmt: skip
 
@@ -189,3 +190,23 @@ def test_a_raising_training_step_fails_the_run(live_server: str, api: httpx.Clie
     run_id = callback.run.id
     assert api.get(f"/runs/{run_id}").json()["status"] == "failed"
     assert _stat_steps(api, run_id, "net.0", "activation") == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_run(backend: str, live_server: str, api: httpx.Client) -> None:
+    if backend != "sqlite":
+        pytest.skip("two spawned processes take ~15 s; what they store is checked on SQLite")
+    run_id = "lightning-ddp-" + uuid.uuid4().hex[:8]
+    callback = _callback(live_server, every=1, id=run_id)
+    trainer = _trainer(
+        callback, max_steps=3, devices=2, strategy="ddp_spawn", accumulate_grad_batches=2
+    )
+    trainer.fit(Classifier(), _loader())
+    assert callback.run is None  # the fit ran in the spawned processes
+    assert api.get(f"/runs/{run_id}").json()["status"] == "finished"
+    for rank in (0, 1):
+        params = {"tensor": "net.0", "kind": "activation", "stat": "mean", "rank": rank}
+        series = api.get(f"/runs/{run_id}/series", params=params).raise_for_status().json()
+        assert series["steps"] == [0, 1, 2], rank
+        seen = api.get(f"/runs/{run_id}/scalars/series", params={"name": "seen", "rank": rank})
+        assert seen.json()["steps"] == [0, 1, 2], rank
