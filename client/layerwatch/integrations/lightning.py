@@ -62,8 +62,9 @@ class LayerwatchCallback(pl.Callback):
     * **every** - capture steps `k` with `k % every == 0`.
     * **include**, **exclude**, **histograms** - as for `Run.watch()`, with module
       names of the `LightningModule` (`net.0`, `encoder.layers.3`).
-    * **probe** - as for `Run.watch()`; a `layerwatch.Probe` without `every` (or bare
-      inputs) is probed at the end of each training epoch.
+    * **probe** - as for `Run.watch()`: inputs for the module's `forward`; a
+      `layerwatch.Probe` without `every` (or bare inputs) is probed at the end of each
+      training epoch.
     * **log_metrics** - forward `self.log`-ged metrics (default True).
 
     Raises `ConfigError` here for bad arguments.

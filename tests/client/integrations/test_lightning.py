@@ -39,6 +39,9 @@ class Classifier(pl.LightningModule):  # type: ignore[misc]
         self.steps_seen: list[int] = []  # global step at each training_step
         self.grad_norms: dict[int, float] = {}  # global step -> L2 norm of net.0.weight.grad
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # what a probe calls
+        return self.net(x)  # type: ignore[no-any-return]
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         if batch_idx == self.fail_at:
             raise RuntimeError("boom")
@@ -54,8 +57,8 @@ class Classifier(pl.LightningModule):  # type: ignore[misc]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grad = self.net[0].weight.grad
-        assert grad is not None
-        self.grad_norms[self.trainer.global_step] = float(grad.norm())
+        if grad is not None:
+            self.grad_norms[self.trainer.global_step] = float(grad.norm())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -78,6 +81,30 @@ class ManualClassifier(Classifier):
             optimizer.step()
             optimizer.zero_grad()
         return loss
+
+
+class TwoOptimizers(Classifier):
+    """Manual optimization with an optimizer per layer: two global steps per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        first, second = self.optimizers()
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        self.manual_backward(loss)
+        self.log("seen", float(self.trainer.global_step))
+        for optimizer in (first, second):
+            optimizer.step()
+            optimizer.zero_grad()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.1),
+            torch.optim.SGD(self.net[2].parameters(), lr=0.1),
+        ]
 
 
 def _trainer(callback: LayerwatchCallback, **kwargs: Any) -> Any:
@@ -167,6 +194,16 @@ def test_validation_metrics_at_the_global_step(live_server: str, api: httpx.Clie
     assert api.get(f"/runs/{run_id}").json()["status"] == "finished"
 
 
+def test_probe_at_each_epoch_end(live_server: str, api: httpx.Client) -> None:
+    x, y = next(iter(_loader(batch_size=32, batches=1)))
+    callback = _callback(live_server, every=10, probe=(x, y))
+    trainer = _trainer(callback, max_epochs=2, limit_train_batches=3)
+    trainer.fit(Classifier(), _loader())
+    assert callback.run is not None
+    probes = api.get(f"/runs/{callback.run.id}/probes").raise_for_status().json()["data"]
+    assert [p["step"] for p in probes] == [3, 6]
+
+
 def test_manual_optimization(live_server: str, api: httpx.Client) -> None:
     callback = _callback(live_server, every=1)
     trainer = _trainer(callback, max_steps=3)
@@ -177,6 +214,22 @@ def test_manual_optimization(live_server: str, api: httpx.Client) -> None:
     assert _stat_steps(api, run_id, "net.0", "activation") == [0, 1, 2]
     assert _stat_steps(api, run_id, "net.2.weight", "grad") == [0, 1, 2]
     assert _scalar(api, run_id, "seen") == {0: 0.0, 1: 1.0, 2: 2.0}
+    assert api.get(f"/runs/{run_id}").json()["status"] == "finished"
+
+
+def test_two_optimizers_count_two_steps_a_batch(live_server: str, api: httpx.Client) -> None:
+    callback = _callback(live_server, every=1)
+    trainer = _trainer(callback, max_steps=6)
+    trainer.fit(TwoOptimizers(), _loader())
+    assert callback.run is not None
+    run_id = callback.run.id
+    assert trainer.global_step == 6
+    assert callback.run.current_step == 6
+    # Each batch's forward pass belongs to the first of its two steps.
+    assert _stat_steps(api, run_id, "net.0", "activation") == [0, 2, 4]
+    # Without an optimizer to follow, weights are read as the run catches up.
+    assert _stat_steps(api, run_id, "net.0.weight", "weight") == list(range(6))
+    assert _scalar(api, run_id, "seen") == {0: 0.0, 2: 2.0, 4: 4.0}
     assert api.get(f"/runs/{run_id}").json()["status"] == "finished"
 
 

@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+import layerwatch  # noqa: E402
 from layerwatch.integrations.transformers import LayerwatchCallback  # noqa: E402
 
 STEPS = 6
@@ -74,7 +75,10 @@ def _stat_steps(api: httpx.Client, run_id: str, tensor: str, kind: str) -> list[
 def test_trainer_logs_and_tensors_at_global_steps(
     live_server: str, api: httpx.Client, tmp_path: Path
 ) -> None:
-    callback = LayerwatchCallback(live_server, project=_project(), every=2, config={"tiny": True})
+    probe = layerwatch.Probe({"input_ids": Tokens(4).ids}, every=3)
+    callback = LayerwatchCallback(
+        live_server, project=_project(), every=2, config={"tiny": True}, probe=probe
+    )
     trainer = _trainer(tmp_path, [callback], eval_strategy="steps", eval_steps=3)
     trainer.train()
     assert callback.run is not None
@@ -105,6 +109,8 @@ def test_trainer_logs_and_tensors_at_global_steps(
         ("transformer.h.1.attn.c_attn.weight", "grad"),
     ]:
         assert _stat_steps(api, run_id, tensor, kind) == [0, 2, 4], (tensor, kind)
+    probes = api.get(f"/runs/{run_id}/probes").raise_for_status().json()["data"]
+    assert [p["step"] for p in probes] == [3, 6]  # rank 0 runs the probe's dict as model(**x)
 
 
 def test_a_failed_training_is_marked_by_finish(
