@@ -4,6 +4,7 @@ digits, with automatic and manual optimization and gradient accumulation."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -202,6 +203,25 @@ def test_probe_at_each_epoch_end(live_server: str, api: httpx.Client) -> None:
     assert callback.run is not None
     probes = api.get(f"/runs/{callback.run.id}/probes").raise_for_status().json()["data"]
     assert [p["step"] for p in probes] == [3, 6]
+
+
+def test_a_resumed_fit_goes_on_at_its_global_step(
+    live_server: str, api: httpx.Client, tmp_path: Path
+) -> None:
+    run_id = "lightning-resume-" + uuid.uuid4().hex[:8]
+    first = _trainer(
+        LayerwatchCallback(live_server, project="resume", id=run_id, every=1), max_steps=2
+    )
+    first.fit(Classifier(), _loader())
+    first.save_checkpoint(tmp_path / "two.ckpt")
+    callback = LayerwatchCallback(live_server, project="resume", id=run_id, every=1)
+    second = _trainer(callback, max_steps=4)
+    second.fit(Classifier(), _loader(), ckpt_path=tmp_path / "two.ckpt")
+    assert callback.run is not None
+    assert callback.run.current_step == second.global_step == 4
+    assert _stat_steps(api, run_id, "net.0", "activation") == [0, 1, 2, 3]
+    assert _scalar(api, run_id, "seen") == {k: float(k) for k in range(4)}
+    assert api.get(f"/runs/{run_id}").json()["status"] == "finished"
 
 
 def test_manual_optimization(live_server: str, api: httpx.Client) -> None:
