@@ -44,7 +44,7 @@ def test_every_module_imports_first_in_random_order(seed: int) -> None:
 
 def test_the_package_is_laid_out_along_the_data_path() -> None:
     subpackages = {info.name for info in pkgutil.iter_modules([str(PACKAGE)]) if info.ispkg}
-    assert subpackages == {"capture", "reduce", "probe", "delivery", "query"}
+    assert subpackages == {"capture", "reduce", "probe", "delivery", "query", "integrations"}
     assert "layerwatch.delivery.spool" in _modules()
 
 
