@@ -162,11 +162,6 @@ def test_automatic_optimization_with_accumulation(live_server: str, api: httpx.C
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
-@pytest.mark.xfail(
-    reason="automatic optimization runs the backward inside optimizer.step(closure), after "
-    "the step pre-hook reads gradients; capture/ is being changed to read them after it",
-    strict=False,
-)
 def test_gradients_are_those_the_update_applies(
     live_server: str, api: httpx.Client, accumulate: int
 ) -> None:
