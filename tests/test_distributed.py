@@ -40,6 +40,7 @@ def _worker(rank: int, port: int, server: str, run_id: str) -> None:
         x = torch.tensor((x - x.mean(0)) / x.std(0), dtype=torch.float32)
         y = torch.tensor(y)
         shard = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[rank::WORLD]
+        # DDP's wrapper is stripped: tensors keep the inner model's names ("0", not "module.0")
         model = DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         with layerwatch.Run(server, project="ddp", id=run_id, flush_secs=0.2) as run:
@@ -71,12 +72,12 @@ def test_two_ranks_write_one_run(live_server: str) -> None:
 
         for rank in range(WORLD):
             # one record per optimizer step despite two micro-batches
-            assert sorted(series("module.0", "activation", rank)) == list(range(STEPS))
+            assert sorted(series("0", "activation", rank)) == list(range(STEPS))
         # each rank saw its own shard...
-        assert series("module.0", "activation", 0) != series("module.0", "activation", 1)
+        assert series("0", "activation", 0) != series("0", "activation", 1)
         # ...but the optimizer applied DDP's average: equal gradients on both ranks
-        grads = [series("module.0.weight", "grad", rank) for rank in range(WORLD)]
+        grads = [series("0.weight", "grad", rank) for rank in range(WORLD)]
         assert sorted(grads[0]) == list(range(STEPS))
         assert grads[0] == pytest.approx(grads[1], rel=1e-5, abs=1e-7)
-        weights = [series("module.2.weight", "weight", rank) for rank in range(WORLD)]
+        weights = [series("2.weight", "weight", rank) for rank in range(WORLD)]
         assert weights[0] == pytest.approx(weights[1], rel=1e-6)

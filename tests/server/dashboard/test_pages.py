@@ -140,6 +140,8 @@ def test_gallery_images_all_load_and_the_scatter_plays(
     page = open_page(live_server)
     page.goto(f"{live_server}/runs/{gallery_runs.cnn}/gallery")
     cards = page.locator(".card")
+    # the cards appear once the run's metadata arrived: wait for them before asking each
+    page.wait_for_selector(".card img", state="attached")
     page.wait_for_function(
         """() => Array.from(document.querySelectorAll('.card')).every((card) => {
             const img = card.querySelector('img');
