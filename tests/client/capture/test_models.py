@@ -48,7 +48,9 @@ def test_data_parallel_wrappers_keep_the_module_names(
     ddp = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
     run = make_run(every=1)
-    watch = run.watch(nn.DataParallel(ddp), optimizer)  # wrappers of wrappers
+    wrapped = nn.DataParallel(ddp)  # wrappers of wrappers
+    model.cpu()  # where CUDA is, DataParallel moved the model to it; this test trains on the CPU
+    watch = run.watch(wrapped, optimizer)
     assert watch.model is model
     assert watch.name == "Sequential"
     train(ddp, optimizer, 2)

@@ -328,6 +328,7 @@ def test_tensor_metadata_is_sent_once(server: FakeServer, make_run: MakeRun) -> 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype:UserWarning")
 def test_hooks_never_synchronise_with_the_gpu(server: FakeServer, make_run: MakeRun) -> None:
     """Full capture (activations, weights, gradients, histograms, unit means, weight
     change) in forward hooks and optimizer step hooks, with any host sync an error."""
@@ -336,16 +337,16 @@ def test_hooks_never_synchronise_with_the_gpu(server: FakeServer, make_run: Make
     x = torch.randn(32, 64, device="cuda")
     big = torch.randn(300, 1000, device="cuda")  # sampled histogram: > 65,536 elements
     run = make_run(every=1, flush_secs=60, batch_size=100_000)  # the sender waits for flush()
-    watch = run.watch(model, optimizer)
+    watch = run.watch(model, optimizer, name="net")
     identity = nn.Identity()
-    run.watch(identity, weights=False, gradients=False)  # sees `big`
+    run.watch(identity, weights=False, gradients=False, name="big")  # sees `big`
     big.requires_grad_()
     identity(big)
     train_step_on(model, optimizer, x)  # warm-up: first calls allocate and may sync
     torch.cuda.synchronize()
     for dtype in (torch.float32, torch.bfloat16):
-        torch.cuda.set_sync_debug_mode("error")  # any host sync now raises
         try:
+            torch.cuda.set_sync_debug_mode("error")  # any host sync now raises
             with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
                 loss = model(x).square().mean()
                 identity(big)
@@ -357,9 +358,11 @@ def test_hooks_never_synchronise_with_the_gpu(server: FakeServer, make_run: Make
             torch.cuda.set_sync_debug_mode("default")
     assert watch.active  # a sync would have raised in a hook and disabled the watch
     assert run.flush(10)
-    assert steps_of(server, "1") == [0, 1, 2]
-    assert sorted(server.stats()[("0.weight", "grad")]) == [0, 1, 2]
-    assert sorted(server.rows("weight_changes")[("2.weight", "weight")]) == [0, 1, 2]
+    # two models in the run: their tensors are named `<model>/<module>`
+    assert steps_of(server, "net/1") == [0, 1, 2]
+    assert sorted(server.stats()[("net/0.weight", "grad")]) == [0, 1, 2]
+    assert sorted(server.rows("weight_changes")[("net/2.weight", "weight")]) == [0, 1, 2]
+    assert sorted(server.stats()[("big/Identity", "activation")]) == [0, 1, 2]
     assert sorted(server.scalars()["loss"]) == [1, 2]
 
 
