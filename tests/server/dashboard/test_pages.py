@@ -6,9 +6,11 @@ real client); a live run is made here by posting batches while a page is open.
 
 from __future__ import annotations
 
+import base64
 import re
 
 import httpx
+import numpy as np
 import pytest
 from batches import body, make_batch, new_id, scalars_block
 from gallery import GalleryRuns
@@ -85,6 +87,34 @@ def test_run_page_draws_charts_the_layer_table_and_the_model(
     page.wait_for_selector("#model div")
     assert "Linear" in page.inner_text("#model")
     screenshot(page, "run")
+
+
+def test_run_page_says_which_layers_the_probes_left_out(
+    open_page, live_server: str, gallery_runs: GalleryRuns, api: httpx.Client
+) -> None:  # type: ignore[no-untyped-def]
+    run_id = new_id("r")
+    api.post("/runs", json={"id": run_id, "project": "dash", "name": "probe-gaps"})
+    values = np.random.default_rng(0).standard_normal((6, 5)).astype("<f2")
+    reason = "a PackedSequence output is not batch-first"
+    for step in (10, 20):
+        api.post(f"/runs/{run_id}/probes", json={
+            "step": step, "samples": 6,
+            "labels": base64.b64encode((np.arange(6, dtype="<i4") % 3).tobytes()).decode(),
+            "layers": [{"name": "fc", "features_shape": [6, 5],
+                        "features": base64.b64encode(values.tobytes()).decode()}],
+            "skipped": [{"name": "lstm", "reason": reason}],
+        }).raise_for_status()  # fmt: skip
+
+    page = open_page(live_server)
+    page.goto(f"{live_server}/runs/{run_id}")
+    page.wait_for_selector("#probe-skipped li")
+    assert page.locator("#probe-skipped li").all_inner_texts() == [f"lstm: {reason}"]
+    assert "2 probes of 6 samples, steps 10\u201320" in page.inner_text("#probes")
+
+    page.goto(f"{live_server}/runs/{gallery_runs.mlp}")  # nothing left out: no list
+    page.wait_for_selector("#probes p")
+    assert "probes of" in page.inner_text("#probes")
+    assert page.locator("#probe-skipped").count() == 0
 
 
 def test_a_batch_posted_while_the_run_page_is_open_appears_on_its_chart(

@@ -1,4 +1,5 @@
-/* Run page: header, scalar charts, the layer table and the model tree; live while running. */
+/* Run page: header, scalar charts, the layer table, the probes (what they left out) and
+ * the model tree; live while running. */
 "use strict";
 
 (() => {
@@ -128,6 +129,31 @@
     }
   }
 
+  /* The probe batch's steps and layers, and what the client left out of it and why
+   * (a packed sequence, a sparse output): missing data is said, never silent. */
+  async function loadProbes() {
+    const probes = (await LW.api(`${runPath}/probes`)).data;
+    const box = document.getElementById("probes");
+    if (!probes.length) {
+      box.replaceChildren(LW.el("p", { class: "muted", text: "No probe batch was sent (watch(..., probe=...))." }));
+      return;
+    }
+    const steps = probes.map((p) => p.step);
+    const newest = probes[probes.length - 1];
+    const skipped = new Map();
+    for (const probe of probes) for (const s of probe.skipped) if (!skipped.has(s.name)) skipped.set(s.name, s.reason);
+    const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    const nodes = [LW.el("p", { text:
+      `${count(probes.length, "probe")} of ${newest.samples} samples, steps ${steps[0]}–${steps[steps.length - 1]}; `
+      + `${count(newest.layers.length, "layer")} recorded${newest.labels ? ", with labels" : ""}. ` }, LW.el("a", { href: `${runPath}/gallery`, text: "Views of the probe" }))];
+    if (skipped.size) {
+      nodes.push(LW.el("p", { class: "warn-note", role: "note", text: `${count(skipped.size, "layer")} left out of the probes:` }),
+        LW.el("ul", { id: "probe-skipped" }, Array.from(skipped, ([name, reason]) =>
+          LW.el("li", {}, LW.el("code", { text: name }), `: ${reason}`))));
+    }
+    box.replaceChildren(...nodes);
+  }
+
   async function start() {
     const run = await LW.api(runPath);
     document.getElementById("live").hidden = run.status !== "running";
@@ -135,11 +161,12 @@
     await loadScalars();
     const tensors = await loadLayers();
     renderHead(run, tensors);
-    await loadModel();
+    await Promise.all([loadProbes(), loadModel()]);
     if (run.status === "running") {
       LW.live(runId, async (latest) => {
         await appendScalars();
         renderHead(latest, await loadLayers());
+        await loadProbes();
       });
     }
   }
