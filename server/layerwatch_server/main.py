@@ -28,6 +28,7 @@ from layerwatch_server.api.auth import AUTHORIZE, AUTHORIZE_ADMIN, is_authentica
 from layerwatch_server.api.openapi import error_responses, finish_document
 from layerwatch_server.api.routes import (
     export,
+    findings,
     health,
     ingest,
     layers,
@@ -42,6 +43,7 @@ from layerwatch_server.auth.rate_limit import TokenBuckets
 from layerwatch_server.config import Settings, get_settings
 from layerwatch_server.dashboard import install as install_dashboard
 from layerwatch_server.db import make_engine, make_sessionmakers, managed_session
+from layerwatch_server.diagnosis import FindingsCache
 from layerwatch_server.errors import (
     UNAVAILABLE,
     InvalidQuery,
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.engine = engine
     app.state.read_sessions, app.state.write_sessions = make_sessionmakers(engine)
     app.state.render_limiter = anyio.CapacityLimiter(settings.max_concurrent_renders)
+    app.state.findings_cache = FindingsCache()
     app.state.tokens_exist = False
     app.state.rate_limiter = (
         TokenBuckets(settings.ingest_rate_limit, settings.ingest_burst)
@@ -106,7 +109,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     # Deny by default: every router but the health checks needs a token, for every route
     # it has or will have (tests/server/api/test_auth_routes.py holds the list).
     app.include_router(health.router)
-    for module in (runs, ingest, probes, series, layers, views, export):
+    for module in (runs, ingest, probes, series, layers, views, export, findings):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(AUTHORIZE)])
     app.include_router(
         tokens.router,

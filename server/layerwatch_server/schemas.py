@@ -345,3 +345,45 @@ class RunLatestScalars(_Public):
 class LatestScalarsPublic(_Public):
     data: list[RunLatestScalars]
     count: int
+
+
+FindingKind = Literal[
+    "dead_units",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "nonfinite",
+    "not_updating",
+    "saturation",
+    "update_ratio",
+    "loss_divergence",
+    "oscillating_loss",
+    "slow_convergence",
+]
+Severity = Literal["info", "warning", "error"]
+EvidenceValue = float | int | str | bool | list[str] | list[int] | list[float] | None
+
+
+class FindingPublic(_Public):
+    """One thing the diagnosis found wrong with a run."""
+
+    kind: FindingKind = Field(description="What is wrong (see the README's Diagnosis section).")
+    tensor: str | None = Field(
+        description="The tensor it concerns, as stored (`fc1`, `fc1.weight`); null for a loss."
+    )
+    tensor_kind: Kind | None = Field(description="The tensor's kind; null for a loss.")
+    scalar: str | None = Field(description="The logged loss it concerns; null for a tensor.")
+    step: int = Field(description="The first step at which it holds.")
+    last_step: int | None = Field(description="The last step at which it was seen.")
+    severity: Severity = Field(description="`error`, `warning` or `info`.")
+    confidence: float = Field(ge=0, le=1, description="How sure the diagnosis is, 0 to 1.")
+    message: str = Field(description="One sentence for people, naming layer and step.")
+    evidence: dict[str, EvidenceValue] = Field(description="The numbers behind the finding.")
+    view: str = Field(
+        description="Relative URL of the gallery plot that shows it, with its parameters."
+    )
+
+
+class FindingsPublic(_Public):
+    """A run's findings: errors first, then warnings, then information; each by step."""
+
+    findings: list[FindingPublic]

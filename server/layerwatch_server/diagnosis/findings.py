@@ -4,33 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlencode
 
 import numpy as np
 import numpy.typing as npt
 
-Kind = Literal[
-    "dead_units",
-    "vanishing_gradients",
-    "exploding_gradients",
-    "nonfinite",
-    "not_updating",
-    "saturation",
-    "update_ratio",
-    "loss_divergence",
-    "oscillating_loss",
-    "slow_convergence",
-]
-Severity = Literal["info", "warning", "error"]
+from layerwatch_server.schemas import EvidenceValue, Severity
+from layerwatch_server.schemas import FindingKind as Kind
+
 TensorKind = Literal["activation", "weight", "grad"]
 
-KINDS: tuple[Kind, ...] = (
-    "dead_units", "vanishing_gradients", "exploding_gradients", "nonfinite", "not_updating",
-    "saturation", "update_ratio", "loss_divergence", "oscillating_loss", "slow_convergence",
-)  # fmt: skip
+KINDS: tuple[Kind, ...] = get_args(Kind)
 SEVERITY_ORDER: dict[Severity, int] = {"error": 0, "warning": 1, "info": 2}
-Evidence = dict[str, float | int | str | bool | list[str] | list[int] | list[float] | None]
+Evidence = dict[str, EvidenceValue]
 
 
 @dataclass(frozen=True)

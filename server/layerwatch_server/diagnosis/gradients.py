@@ -35,6 +35,9 @@ def detect_vanishing_gradients(data: RunData) -> list[Finding]:
     if len(grads) < 2:
         return []
     norms = np.stack([data.stats["l2"][t.row] for t in grads])  # (layers, steps)
+    bad = np.stack([np.nan_to_num(data.stats["nonfinite"][t.row]) > 0 for t in grads])
+    # exact zeros are a cut path (dead units, unused layers), NaN the nonfinite detector's
+    norms = np.where((norms > 0) & ~bad.any(axis=0), norms, np.nan)
     weights = [data.find(t.name, "weight") for t in grads]
     weight_norms = np.stack(
         [data.stats["l2"][w.row] if w else np.full(len(data.steps), np.nan) for w in weights]
@@ -102,9 +105,9 @@ def detect_exploding_gradients(data: RunData) -> list[Finding]:
         severity="error", confidence=min(1.0, 0.6 + 0.1 * len(hits)),
         tensor=first.name, tensor_kind="grad",
         message=f"Gradients explode from step {step}: the gradient norm of `{first.name}` "
-        f"grew {factor:.0e} times against its recent captures; lower the learning rate or "
-        f"clip gradients.",
-        evidence={"factor": factor, "threshold": EXPLODING_JUMP,
+        + (f"grew {factor:.0e} times" if np.isfinite(factor) else "overflowed to infinity")
+        + " against its recent captures; lower the learning rate or clip gradients.",
+        evidence={"factor": factor if np.isfinite(factor) else None, "threshold": EXPLODING_JUMP,
                   "tensors": [h[2].name for h in sorted(hits, key=lambda h: h[0])],
                   "steps": sorted(h[0] for h in hits)},
         view=view_url(data.run_id, "series", tensor=[h[2].name for h in hits][:8], kind="grad",

@@ -21,32 +21,47 @@ FLAT = 0.05
 """Flat: that spread stays under 5% of its median (noise, no movement)."""
 
 
+def _growth_start(values: np.ndarray) -> tuple[int, float] | None:
+    """(index, starting level) where a loss first reaches `DIVERGENCE_FACTOR` times its
+    starting level and stays there (non-finite values count as there)."""
+    head = values[: max(3, values.size // 20)]
+    head = head[np.isfinite(head)]
+    if head.size < 3 or float(np.median(head)) <= 0:
+        return None
+    baseline = float(np.median(head))
+    with np.errstate(invalid="ignore"):
+        high = ~np.isfinite(values) | (values >= DIVERGENCE_FACTOR * baseline)
+    start = first_lasting(high)
+    return None if start is None else (start, baseline)
+
+
 def _divergence(data: RunData, name: str, steps: np.ndarray, values: np.ndarray) -> Finding | None:
     view = view_url(data.run_id, "scalars", name=[name], logy="true")
     bad = np.flatnonzero(~np.isfinite(values))
+    growth = _growth_start(values)
+    if growth is not None and (not bad.size or growth[0] < bad[0]):
+        start, baseline = growth
+        finite = values[start:][np.isfinite(values[start:])]
+        step, peak = int(steps[start]), float(finite.max()) if finite.size else baseline
+        return Finding(
+            kind="loss_divergence", step=step, last_step=int(steps[-1]), severity="error",
+            confidence=0.9, scalar=name, view=view,
+            message=f"The loss `{name}` diverged at step {step}: it grew to {peak / baseline:.0e} "
+            f"times its starting level" + (" and then to NaN or infinity" if bad.size else "")
+            + "; lower the learning rate.",
+            evidence={"baseline": baseline, "peak": peak, "factor": DIVERGENCE_FACTOR,
+                      "nonfinite_step": int(steps[bad[0]]) if bad.size else None},
+        )  # fmt: skip
     if bad.size:
         step = int(steps[bad[0]])
         return Finding(
             kind="loss_divergence", step=step, last_step=int(steps[-1]), severity="error",
             confidence=1.0, scalar=name, view=view,
             message=f"The loss `{name}` became NaN or infinite at step {step}.",
-            evidence={"value": str(values[bad[0]]), "nonfinite_points": int(bad.size)},
+            evidence={"value": str(values[bad[0]]), "nonfinite_points": int(bad.size),
+                      "nonfinite_step": step},
         )  # fmt: skip
-    head = values[: max(3, values.size // 20)]
-    baseline = float(np.median(head))
-    if values.size < 3 or baseline <= 0:
-        return None
-    start = first_lasting(values >= DIVERGENCE_FACTOR * baseline)
-    if start is None:
-        return None
-    step, peak = int(steps[start]), float(values[start:].max())
-    return Finding(
-        kind="loss_divergence", step=step, last_step=int(steps[-1]), severity="error",
-        confidence=0.9, scalar=name, view=view,
-        message=f"The loss `{name}` diverged at step {step}: {peak / baseline:.0e} times its "
-        f"starting level; lower the learning rate.",
-        evidence={"baseline": baseline, "peak": peak, "factor": DIVERGENCE_FACTOR},
-    )  # fmt: skip
+    return None
 
 
 def _trend(data: RunData, name: str, steps: np.ndarray, values: np.ndarray) -> Finding | None:

@@ -20,7 +20,10 @@ RATIO_EXTREME = 1e2
 """A median this many times beyond the bound (a step replacing the weights, or moving them by
 one part in ten million) is a warning, not information."""
 RATIO_MOST = 0.5
-"""Share of the weight layers that must be outside the band for a run-wide finding."""
+"""Share of the weight layers that must be outside the band (strictly more) for a finding."""
+MOVING_GRADIENT = 1e-4
+"""A gradient norm at least this share of its weights' would move them under any usual
+learning rate; a smaller one may vanish below float32 resolution instead."""
 
 
 def detect_not_updating(data: RunData) -> list[Finding]:
@@ -36,7 +39,9 @@ def detect_not_updating(data: RunData) -> list[Finding]:
         first, last = int(steps[finite][0]), int(steps[finite][-1])
         grad = data.find(weight.name, "grad")
         grad_l2 = data.series(grad, "l2")[1] if grad is not None else np.empty(0)
-        moved = np.isfinite(grad_l2) & (grad_l2 > 0)
+        weight_l2 = data.series(weight, "l2")[1]
+        scale = float(np.nanmax(weight_l2)) if np.isfinite(weight_l2).any() else 0.0
+        moved = np.isfinite(grad_l2) & (grad_l2 > MOVING_GRADIENT * scale) & (grad_l2 > 0)
         view = view_url(data.run_id, "weight-change", tensor=[weight.name], bias="true")
         evidence: Evidence = {
             "captures": int(finite.sum()),
@@ -75,13 +80,13 @@ def detect_update_ratio(data: RunData) -> list[Finding]:
         with np.errstate(invalid="ignore"):
             outside = (ratios > bound) if side == "high" else (ratios < bound)
         share = outside[:, columns].sum(axis=0) / counted[columns]
-        start = first_lasting(share >= RATIO_MOST)
+        start = first_lasting(share > RATIO_MOST)
         if start is None:
             continue
         begin = int(columns[start])
-        kept = ratios[:, begin:][np.isfinite(ratios[:, begin:])]
-        median = float(np.median(kept))
         hit = np.asarray(outside[:, begin:].any(axis=1), dtype=bool)
+        kept = ratios[hit, begin:][np.isfinite(ratios[hit, begin:])]
+        median = float(np.median(kept))
         layers = [w.name for w, h in zip(weights, hit.tolist(), strict=True) if h]
         extreme = median > bound * RATIO_EXTREME if side == "high" else (
             median < bound / RATIO_EXTREME)  # fmt: skip
