@@ -13,8 +13,11 @@ MIN_POINTS = 20
 """Values a loss needs before its trend is judged: fewer are mostly noise."""
 WINDOWS = 5
 """A loss's trend is judged over this many equal windows of its values."""
+START_POINTS = 1
+"""The starting level of a loss is its first value, before any update could move it (a
+too-high learning rate changes it at once)."""
 NO_PROGRESS = 0.9
-"""A window whose median is still above this share of the first window's has made no progress."""
+"""A window whose median is still above this share of the starting level made no progress."""
 SWING = 0.5
 """Oscillating: the spread (90th - 10th percentile) of such a window reaches half its median."""
 FLAT = 0.05
@@ -68,7 +71,7 @@ def _trend(data: RunData, name: str, steps: np.ndarray, values: np.ndarray) -> F
     if values.size < MIN_POINTS or not np.isfinite(values).all():
         return None
     parts = np.array_split(np.arange(values.size), WINDOWS)
-    level0 = float(np.median(values[parts[0]]))
+    level0 = float(np.median(values[:START_POINTS]))
     if level0 <= 0:
         return None
     view = view_url(data.run_id, "scalars", name=[name])

@@ -6,6 +6,7 @@ import it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -65,7 +66,7 @@ def mlp(*widths: int) -> nn.Sequential:
     """Linear layers of ``widths`` (64 in, 10 out) with ReLUs between them."""
     layers: list[nn.Module] = []
     sizes = [64, *widths, 10]
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
