@@ -44,6 +44,7 @@ from layerwatch.errors import (
 )
 from layerwatch.options import resolve_server
 from layerwatch.query.results import (
+    Finding,
     Floats,
     Histogram,
     Ints,
@@ -332,6 +333,18 @@ class RunRef:
                 values += page[key]
         result: dict[str, Ints | Floats] = {"steps": ints(columns.pop("steps"))}
         return result | {key: floats(values) for key, values in columns.items()}
+
+    def findings(self) -> list[Finding]:
+        """What the server's diagnosis finds wrong with the run: errors first, then by step.
+
+        ```python
+        for finding in run.findings():
+            print(finding.severity, finding.kind, finding.tensor or finding.scalar,
+                  finding.step, finding.message)
+        ```
+        """
+        data = self.api._fetch(self._path("findings"))["findings"]
+        return [Finding.from_json(f) for f in data]
 
     def model(self) -> Json:
         """The module tree of each watched model, as the server answers `/model`."""

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,9 @@ from layerwatch.codec import unpack_float16, unpack_float32, unpack_int32
 if TYPE_CHECKING:
     import pandas  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
-__all__ = ["Histogram", "ProbeData", "Project", "Series", "floats", "ints", "padded"]
+__all__ = [
+    "Finding", "Histogram", "ProbeData", "Project", "Series", "floats", "ints", "padded"
+]  # fmt: skip
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -117,6 +119,39 @@ class ProbeData:
             result.step, result.samples, result.labels, result.predictions, result.features,
             result.maps, unpack_float32(explained.values, explained.shape),
             unpack_int32(explained.targets),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the server's diagnosis found wrong with a run (see the README's Diagnosis).
+
+    ``tensor`` and ``tensor_kind`` name the tensor it concerns, ``scalar`` the loss;
+    ``step`` is the first step at which it holds; ``view`` the relative URL of the
+    plot that shows it.
+    """
+
+    kind: str
+    severity: str  # "error", "warning" or "info"
+    step: int
+    last_step: int | None
+    tensor: str | None
+    tensor_kind: str | None
+    scalar: str | None
+    confidence: float
+    message: str
+    evidence: dict[str, object]
+    view: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> Finding:
+        last = data.get("last_step")
+        return cls(
+            kind=str(data["kind"]), severity=str(data["severity"]), step=int(data["step"]),
+            last_step=None if last is None else int(last), tensor=data.get("tensor"),
+            tensor_kind=data.get("tensor_kind"), scalar=data.get("scalar"),
+            confidence=float(data["confidence"]), message=str(data["message"]),
+            evidence=dict(data.get("evidence") or {}), view=str(data["view"]),
         )  # fmt: skip
 
 
