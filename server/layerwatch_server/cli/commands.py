@@ -103,6 +103,12 @@ def _sync(args: argparse.Namespace) -> int:
     return sync_spools(args.spool_dir, server=args.server, run_id=args.run, timeout=args.timeout)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from layerwatch_server.cli.check import run_check
+
+    return run_check(args.run_id, server=args.server, fail_on=args.fail_on)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerwatch", description="Look inside PyTorch networks while they train."
@@ -197,6 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="give a run up after this many seconds without progress (default: 30)",
     )  # fmt: skip
     sync.set_defaults(handler=_sync)
+
+    check = commands.add_parser(
+        "check", help="print what the server's diagnosis finds wrong with a run"
+    )
+    check.add_argument("run_id", metavar="RUN_ID")
+    check.add_argument(
+        "--server", metavar="URL",
+        help="server URL (default: $LAYERWATCH_SERVER or http://127.0.0.1:8000); "
+        "$LAYERWATCH_TOKEN is sent as the token",
+    )  # fmt: skip
+    check.add_argument(
+        "--fail-on", choices=("warning", "error"), default="error",
+        help="exit 1 when a finding is this severe or worse (default: error); "
+        "2 when the run or the server cannot be reached",
+    )  # fmt: skip
+    check.set_defaults(handler=_check)
     return parser
 
 
