@@ -156,6 +156,22 @@ def test_demo_command_trains_and_writes_plots(tmp_path: Path) -> None:
         assert data.startswith(PNG_SIGNATURE)
         assert len(data) > 10_000  # real curves, not an empty frame
     assert (out / "data" / "layerwatch.db").exists()
+    assert "\nfindings (http://127.0.0.1:" in result.stdout  # the diagnosis, printed at the end
+
+
+@pytest.mark.slow
+def test_demo_broken_prints_what_the_diagnosis_finds(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "layerwatch_server.cli", "demo", "--broken", "--epochs", "2",
+         "--out", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.split("\nfindings (", 1)[1].splitlines()[1:]
+    rows = {tuple(line.split()[:3]) for line in table if not line.startswith("done in")}
+    # fc1 was left out of the optimizer; the rest's learning rate killed ReLU units
+    assert ("warning", "not_updating", "fc1.weight") in rows
+    assert any(kind == "dead_units" for _, kind, _ in rows)
 
 
 @pytest.mark.slow

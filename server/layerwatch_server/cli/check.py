@@ -3,7 +3,6 @@ status for scripts and CI (1 when a finding reaches ``--fail-on``)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -18,8 +17,9 @@ EXIT_UNAVAILABLE = 2
 """No such run, the server refused, or it could not be reached."""
 
 
-def format_findings(findings: Sequence[Finding], width: int = 100) -> str:
-    """The findings as a plain-text table, one line each; "no findings" when there are none."""
+def format_findings(findings: Sequence[Finding]) -> str:
+    """The findings as a plain-text table, one line each (the message whole, last);
+    "no findings" when there are none."""
     if not findings:
         return "no findings"
     rows = [("SEVERITY", "KIND", "WHERE", "STEP", "SURE", "MESSAGE")]
@@ -30,9 +30,7 @@ def format_findings(findings: Sequence[Finding], width: int = 100) -> str:
     lines = []
     for row in rows:
         head = "  ".join(cell.ljust(size) for cell, size in zip(row, sizes, strict=False))
-        room = max(20, width - len(head) - 2)
-        message = row[5] if len(row[5]) <= room else row[5][: room - 3] + "..."
-        lines.append(f"{head}  {message}".rstrip())
+        lines.append(f"{head}  {row[5]}")
     return "\n".join(lines)
 
 
@@ -57,7 +55,6 @@ def run_check(
     except LayerwatchError as error:  # a server URL that is not one
         print(f"layerwatch check: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    width = shutil.get_terminal_size((120, 24)).columns
-    print(format_findings(findings, width), file=out)
+    print(format_findings(findings), file=out)
     worst = max((LEVELS[f.severity] for f in findings), default=-1)
     return EXIT_FOUND if worst >= LEVELS[fail_on] else 0

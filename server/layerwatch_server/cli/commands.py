@@ -91,7 +91,9 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from layerwatch_server.cli.demo import run_demo
 
-    return run_demo(out=args.out, epochs=args.epochs, port=args.port, serve=args.serve)
+    return run_demo(
+        out=args.out, epochs=args.epochs, port=args.port, serve=args.serve, broken=args.broken
+    )
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -184,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--serve", action="store_true",
         help="train slowly while the dashboard shows it live, then keep serving",
+    )  # fmt: skip
+    demo.add_argument(
+        "--broken", action="store_true",
+        help="train a deliberately broken network (a layer left out of the optimizer, a "
+        "learning rate far too high) and print what the diagnosis finds",
     )  # fmt: skip
     demo.set_defaults(handler=_demo)
 

@@ -52,11 +52,13 @@ def train(
     every: int = 5,
     pace: float = 0.0,
     on_start: Callable[[str], None] | None = None,
+    broken: bool = False,
 ) -> str:
     """Train the digits MLP with layerwatch attached; return the run id.
 
     ``pace`` seconds of sleep per batch make a run slow enough to watch live;
-    ``on_start`` hears the run id before the first step."""
+    ``on_start`` hears the run id before the first step; ``broken`` trains it the wrong
+    way on purpose (`BROKEN`)."""
     import torch
     from torch import nn
 
@@ -72,11 +74,15 @@ def train(
             out=nn.Linear(32, 10),
         )
     )  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lr, name = (BROKEN_LR, "digits-mlp-broken") if broken else (1e-3, "digits-mlp")
+    # broken: fc1 is left out of the optimizer, the rest gets a learning rate far too high
+    params = [p for n, p in model.named_parameters() if not (broken and n.startswith("fc1."))]
+    optimizer = torch.optim.Adam(params, lr=lr)
     loss_fn = nn.CrossEntropyLoss()
-    config = {"model": "mlp-64-128-64-32-10", "lr": 1e-3, "batch_size": 64, "epochs": epochs}
+    config = {"model": "mlp-64-128-64-32-10", "lr": lr, "batch_size": 64, "epochs": epochs,
+              "broken": broken}  # fmt: skip
 
-    with layerwatch.Run(server, project=PROJECT, name="digits-mlp", config=config) as run:
+    with layerwatch.Run(server, project=PROJECT, name=name, config=config) as run:
         # the held-out probe: what each layer makes of 256 test digits, once per epoch
         # and integrated gradients of 8 of them, when Captum is installed
         explain = 8 if importlib.util.find_spec("captum") else 0
@@ -148,15 +154,34 @@ def fetch_plots(server: str, run_id: str, out: Path) -> list[Path]:
     return written
 
 
+def print_findings(server: str, run_id: str) -> None:
+    """Print what the server's diagnosis finds wrong with the run ("no findings" if nothing)."""
+    import layerwatch
+    from layerwatch_server.cli.check import format_findings
+
+    with layerwatch.Api(server, timeout=60.0) as api:
+        findings = api.run(run_id).findings()
+    print(f"findings ({server}/api/v1/runs/{run_id}/findings):")
+    print(format_findings(findings))
+
+
+BROKEN_LR = 0.5
+"""The learning rate of ``demo --broken``: 500 times the demo's, far too high for Adam."""
 SERVE_PACE = 0.1
 """Seconds per batch with ``--serve``: about two seconds an epoch, to watch it learn."""
 
 
 def run_demo(
-    *, out: str | Path, epochs: int | None = None, port: int = 0, serve: bool = False
+    *,
+    out: str | Path,
+    epochs: int | None = None,
+    port: int = 0,
+    serve: bool = False,
+    broken: bool = False,
 ) -> int:
-    """Serve, train, fetch the plots; with ``serve``, train slowly (40 epochs by default)
-    while the dashboard shows it, then keep serving until Ctrl-C."""
+    """Serve, train, fetch the plots, print the findings; with ``serve``, train slowly (40
+    epochs by default) while the dashboard shows it, then keep serving until Ctrl-C; with
+    ``broken``, train a deliberately broken network instead."""
     if epochs is None:
         epochs = 40 if serve else 8
     out = Path(out).resolve()
@@ -170,12 +195,16 @@ def run_demo(
             if serve:
                 print(f"dashboard: {server}/runs/{run_id}  (all runs: {server}/)", flush=True)
 
-        run_id = train(server, epochs=epochs, pace=SERVE_PACE if serve else 0.0, on_start=announce)
+        run_id = train(
+            server, epochs=epochs, pace=SERVE_PACE if serve else 0.0, on_start=announce,
+            broken=broken,
+        )  # fmt: skip
         plots = fetch_plots(server, run_id, out / "plots")
         print(f"run {run_id}: {server}/api/v1/runs/{run_id}")
         print(f"{len(plots)} plots in {out / 'plots'}:")
         for path in plots:
             print(f"  {path.name}")
+        print_findings(server, run_id)
         print(f"done in {time.perf_counter() - started:.1f} s")
         if serve:
             print(f"dashboard: {server}/runs/{run_id}; serving until Ctrl-C", flush=True)
