@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from diagnosis.conftest import NAN_STEP, Diagnosed
 from diagnosis.training import EVERY
 
@@ -116,3 +118,20 @@ def test_findings_are_sorted_errors_first_then_by_step(poisoned: Diagnosed) -> N
     order = {"error": 0, "warning": 1, "info": 2}
     keys = [(order[f["severity"]], f["step"]) for f in poisoned.findings]
     assert keys == sorted(keys)
+
+
+def test_every_view_a_finding_names_exists(
+    api: httpx.Client, exploding: Diagnosed, vanishing: Diagnosed, left_out: Diagnosed,
+    dead: Diagnosed, saturated: Diagnosed, poisoned: Diagnosed, too_slow: Diagnosed,
+) -> None:  # fmt: skip
+    findings = [*exploding.findings, *vanishing.findings, *left_out.findings, *dead.findings,
+                *saturated.findings, *poisoned.findings, *too_slow.findings]  # fmt: skip
+    assert {f["kind"] for f in findings} >= {
+        "exploding_gradients", "loss_divergence", "vanishing_gradients", "not_updating",
+        "dead_units", "saturation", "nonfinite", "update_ratio", "slow_convergence",
+    }  # fmt: skip
+    for finding in findings:
+        # the JSON twin of the plot: the same view and parameters, without drawing it
+        path = finding["view"].removeprefix("/api/v1").replace(".png", ".json", 1)
+        response = api.get(path)
+        assert response.status_code == 200, (finding["view"], response.text)
