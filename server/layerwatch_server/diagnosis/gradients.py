@@ -30,6 +30,10 @@ def _gradients(data: RunData) -> list[TensorInfo]:
     return sorted(grads, key=lambda t: order.get(t.name, len(order)))
 
 
+def _share(flags: np.ndarray) -> float:
+    return float(flags.mean()) if flags.size else 0.0
+
+
 def detect_vanishing_gradients(data: RunData) -> list[Finding]:
     grads = _gradients(data)
     if len(grads) < 2:
@@ -56,7 +60,7 @@ def detect_vanishing_gradients(data: RunData) -> list[Finding]:
     columns = np.flatnonzero(captured[0])
     begin = int(columns[start])
     affected = [grads[i].name for i in range(early)
-                if np.mean(small[i, begin:][captured[i, begin:]]) >= 0.5]  # fmt: skip
+                if _share(small[i, begin:][captured[i, begin:]]) >= 0.5]  # fmt: skip
     tail = ratio[0, begin:][np.isfinite(ratio[0, begin:])]
     median_ratio = float(np.median(tail)) if tail.size else 0.0
     return [Finding(
@@ -68,7 +72,7 @@ def detect_vanishing_gradients(data: RunData) -> list[Finding]:
         f"layers, so they barely learn.",
         evidence={"affected": affected, "ratio_to_late": median_ratio,
                   "threshold": VANISHING_RATIO, "late_layers": [t.name for t in grads[early:]]},
-        view=view_url(data.run_id, "gradient-flow", step=data.steps[-1]),
+        view=view_url(data.run_id, "gradient-flow", step=data.steps[begin]),
     )]  # fmt: skip
 
 
