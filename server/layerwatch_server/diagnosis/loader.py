@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from layerwatch_server.models import SqlStat, SqlTensor, SqlUnitMean
+from layerwatch_server.models import SqlStat, SqlUnitMean
 from layerwatch_server.store import measurements
-from layerwatch_server.store.runs import require_run
 from layerwatch_server.store.scalars import get_scalar_series, require_scalars
 
 Floats = npt.NDArray[np.float64]
@@ -98,31 +96,15 @@ def is_loss(name: str) -> bool:
     return "loss" in name.lower()
 
 
-def _first_nonfinite_step(session: Session, ids: list[int]) -> int | None:
-    if not ids:
-        return None
-    step: int | None = session.scalar(
-        select(func.min(SqlStat.step)).where(
-            SqlStat.tensor_id.in_(ids), SqlStat.rank == 0, SqlStat.nonfinite > 0
-        )
-    )
-    return step
-
-
 def load_run_data(session: Session, run_id: str) -> RunData:
     """Read what every detector needs for rank 0 of ``run_id``; raises when there is no run."""
-    require_run(session, run_id)
-    rows = session.execute(
-        select(SqlTensor.name, SqlTensor.kind, SqlTensor.id, SqlTensor.module_type)
-        .where(SqlTensor.run_id == run_id)
-        .order_by(SqlTensor.id)
-    ).all()
+    rows = measurements.list_tensor_rows(session, run_id)
     tensors = [TensorInfo(name, kind, i, module_type, row)
                for row, (name, kind, i, module_type) in enumerate(rows)]  # fmt: skip
     ids = [t.id for t in tensors]
     captured = measurements.list_steps(session, SqlStat, ids)
     steps = measurements.thin_evenly(captured, MAX_STEPS)
-    first_bad = _first_nonfinite_step(session, ids)
+    first_bad = measurements.first_nonfinite_step(session, ids)
     if first_bad is not None and first_bad not in steps:
         steps = sorted({*steps, first_bad})
     stats = measurements.get_stat_table(session, ids, stats=STATS, steps=steps)

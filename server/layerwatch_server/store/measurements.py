@@ -69,6 +69,33 @@ def list_tensor_ids(
     return [(name, tensor_id) for name, tensor_id in session.execute(query.order_by(SqlTensor.id))]
 
 
+def list_tensor_rows(session: Session, run_id: str) -> list[tuple[str, str, int, str | None]]:
+    """(name, kind, id, module type) of every tensor of the run, in network order."""
+    require_run(session, run_id)
+    query = (
+        select(SqlTensor.name, SqlTensor.kind, SqlTensor.id, SqlTensor.module_type)
+        .where(SqlTensor.run_id == run_id)
+        .order_by(SqlTensor.id)
+    )
+    return [(name, kind, i, module_type) for name, kind, i, module_type in session.execute(query)]
+
+
+def first_nonfinite_step(
+    session: Session, tensor_ids: Sequence[int], *, rank: int = 0
+) -> int | None:
+    """The first step at which any of ``tensor_ids`` has a NaN or infinite element."""
+    first: list[int] = []
+    for ids in _chunks(tensor_ids):
+        step = session.scalar(
+            select(func.min(SqlStat.step)).where(
+                SqlStat.tensor_id.in_(ids), SqlStat.rank == rank, SqlStat.nonfinite > 0
+            )
+        )
+        if step is not None:
+            first.append(step)
+    return min(first, default=None)
+
+
 def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for i in range(0, len(values), _CHUNK):
         yield values[i : i + _CHUNK]
