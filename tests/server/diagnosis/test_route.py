@@ -7,6 +7,7 @@ import math
 import httpx
 import pytest
 from batches import create_run, make_batch, new_id, post_batch, scalars_block
+from gallery import GalleryRuns
 from sqlalchemy import Engine
 
 from layerwatch_server.db import make_sessionmakers, managed_session
@@ -92,3 +93,16 @@ def test_findings_are_cached_until_new_data_arrives(
     again = api.get(f"/runs/{run_id}/findings").json()
     assert loads == [run_id, run_id]
     assert {f["scalar"] for f in again["findings"]} == {"train/loss", "val_loss"}
+
+
+def test_every_gallery_run_is_diagnosed(api: httpx.Client, gallery_runs: GalleryRuns) -> None:
+    """Trained, empty, one-step and NaN-riddled runs: an answer for each, never a 500."""
+    answers = {}
+    for name, run_id in gallery_runs.all.items():
+        response = api.get(f"/runs/{run_id}/findings")
+        assert response.status_code == 200, (name, response.text)
+        answers[name] = FindingsPublic.model_validate(response.json()).findings
+    assert answers["empty"] == []
+    assert [f for f in answers["mlp"] if f.severity != "info"] == []
+    assert [f for f in answers["cnn"] if f.severity != "info"] == []
+    assert "loss_divergence" in {f.kind for f in answers["odd"]}  # its NaN and infinite loss
