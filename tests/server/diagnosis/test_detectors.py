@@ -34,6 +34,9 @@ def test_a_learning_rate_far_too_high_explodes_gradients_and_diverges(exploding:
     assert 1 <= divergence["step"] < divergence["evidence"]["nonfinite_step"]
     assert abs(explosion["step"] - divergence["step"]) <= 2
     assert exploding.findings[0]["severity"] == "error"
+    [ratio] = exploding.of("update_ratio")
+    assert ratio["evidence"]["side"] == "high"
+    assert ratio["evidence"]["median_ratio"] > 0.1
 
 
 def test_a_bouncing_loss_oscillates(oscillating: Diagnosed) -> None:
