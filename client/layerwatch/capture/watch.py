@@ -323,12 +323,8 @@ class Watch:
 
         @eager
         def check(output: object) -> None:
-            sentinel = self._sentinel
-            if sentinel is None or not is_grad_enabled():
-                return
-            tensor = first_float_tensor(output)
-            if tensor is not None:
-                self._guard_sentinel(sentinel.check_activation, name, tensor)
+            if self._sentinel is not None and is_grad_enabled():
+                self._guard_sentinel(self._check_output, self._sentinel, name, output)
 
         # Under torch.compile, the check below is traced (a guard on one bool, so an
         # uncaptured step runs a graph without hooks) and `capture` is not: a captured
@@ -346,6 +342,12 @@ class Watch:
                 capture(module, output)
 
         return hook
+
+    @staticmethod
+    def _check_output(sentinel: Sentinel, module_name: str, output: object) -> None:
+        tensor = first_float_tensor(output)
+        if tensor is not None:
+            sentinel.check_activation(module_name, tensor)
 
     def _capture(self, module_name: str, module: torch.nn.Module, output: object) -> None:
         # An attention block returns (output, weights or None): the first is its output.
