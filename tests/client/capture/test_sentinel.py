@@ -183,3 +183,42 @@ def test_a_failing_sentinel_disables_itself_not_the_watch(
     assert sorted(server.stats()[("0", "activation")]) == [0, 2, 4]
     warnings = [r for r in caplog.records if "sentinel" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype:UserWarning")
+def test_the_sentinel_never_synchronises_with_the_gpu(
+    server: FakeServer, make_run: MakeRun
+) -> None:
+    """Checks on every step, folds at each step's end, reads at captured steps: all with
+    any host sync an error, under float32 and bfloat16 autocast; the event still comes
+    out (a sync would have raised in the sentinel and disabled it)."""
+    spike = Spike(at=[7])
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), spike, nn.Linear(128, 10)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(32, 64, device="cuda")
+    run = make_run(flush_secs=60, batch_size=100_000)  # the sender waits for flush()
+    watch = run.watch(model, optimizer, every=5)
+
+    def step(index: int, dtype: torch.dtype) -> None:
+        spike.step = index
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(x).square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step(0, torch.float32)  # warm-up: first calls allocate and may sync
+    torch.cuda.synchronize()
+    try:
+        torch.cuda.set_sync_debug_mode("error")  # any host sync now raises
+        for index in range(1, 12):
+            step(index, torch.bfloat16 if index % 2 else torch.float32)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert watch.active
+    assert run.flush(10)
+    [event] = server.nonfinite()
+    assert (event.step, event.tensor, event.kind) == (7, "2", "activation")
+    assert event.also[0] == "3"
