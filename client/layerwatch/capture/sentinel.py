@@ -13,8 +13,12 @@ keeps on the tensors' device, per tensor ("slot"):
 * `first` (slots,) int64: the first step since the last read at which the slot
   went from finite to non-finite (`NEVER`: none).
 
-Nothing is read back on the training thread: the checks and the fold at the end
-of each step are a few small kernels queued on the device. At each captured step
+A tensor is finite when its minimum and maximum are: both are NaN if any element
+is, and -inf or inf if any element is. `torch.aminmax` is one reduction; on the
+CPU it is more than ten times faster than `torch.isfinite(t).all()`, which makes
+a bool per element first. Nothing is read back on the training thread: the
+checks and the fold at the end of each step are a few small kernels queued on
+the device. At each captured step
 (and at `flush()` and `remove()`) `first` is handed over as a `NonfiniteRecord`
 and starts again; the spooler thread reads it back with the batch's one copy
 and turns it into a `wire.NonfiniteEvent` (see `layerwatch.delivery.batching`).
@@ -66,23 +70,31 @@ class Sentinel:
                 return
             self._slots[module_name] = slot
             self._names[slot] = (module_name, "activation")
+        if tensor.numel() == 0:  # host metadata: no read back
+            return
         state = self._state(tensor.device)
         state.touched = True
-        state.finite[slot : slot + 1].logical_and_(torch.isfinite(tensor.detach()).all())
+        low, high = torch.aminmax(tensor.detach())
+        state.finite[slot : slot + 1].logical_and_(torch.isfinite(low) & torch.isfinite(high))
 
     def check_grads(self) -> None:
         """Called at the optimizer step (or `Run.step()`): the parameters' gradients."""
-        by_device: dict[torch.device, tuple[list[int], list[torch.Tensor]]] = {}
+        # Per device: the gradients' slots, and their minima and maxima.
+        by_device: dict[torch.device, tuple[list[int], list[torch.Tensor], list[torch.Tensor]]] = {}
         for index, (_, param) in enumerate(self._params):
             grad = param.grad
-            if grad is not None and grad.is_floating_point():
-                slots, flags = by_device.setdefault(grad.device, ([], []))
+            if grad is not None and grad.is_floating_point() and grad.numel():
+                slots, lows, highs = by_device.setdefault(grad.device, ([], [], []))
                 slots.append(self._activations + index)
-                flags.append(torch.isfinite(grad.detach()).all())
-        for device, (slots, flags) in by_device.items():
+                low, high = torch.aminmax(grad.detach())
+                lows.append(low)
+                highs.append(high)
+        for device, (slots, lows, highs) in by_device.items():
             state = self._state(device)
             state.touched = True
-            stacked = torch.stack(flags)  # (len(slots),)
+            # (len(slots),) bool; float32 holds every float16 and bfloat16 value and inf
+            stacked = torch.stack([v.float() for v in lows]).isfinite()
+            stacked &= torch.stack([v.float() for v in highs]).isfinite()
             start, stop = slots[0], slots[-1] + 1
             if stop - start == len(slots):  # contiguous, the usual case: one kernel
                 state.finite[start:stop].logical_and_(stacked)
