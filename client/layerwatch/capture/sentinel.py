@@ -6,9 +6,11 @@ each watched module's output (in forward passes run with gradients enabled) and,
 at the optimizer step, each watched parameter's gradient, on every step, and
 keeps on the tensors' device, per tensor ("slot"):
 
-* `finite` (slots,) bool: this step's tensors were all finite so far; each check
-  ANDs into it, so a module called twice in a step (gradient accumulation, a
-  shared module) fires if either call did;
+* `finite` (slots,) bool: this step's tensors were all finite so far; the
+  checks (each tensor's minimum and maximum, kept as 0-d tensors) are ANDed into
+  it at the step's end, a few kernels for the whole step, so a module called
+  twice in a step (gradient accumulation, a shared module) fires if either
+  call did;
 * `fired` (slots,) bool: the slot held a non-finite value at its last step;
 * `first` (slots,) int64: the first step since the last read at which the slot
   went from finite to non-finite (`NEVER`: none).
@@ -32,7 +34,7 @@ parameter order: the order in which `NonfiniteEvent.tensor` and `also` are chose
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +49,10 @@ class _DeviceState:
     fired: torch.Tensor  # (slots,) bool
     first: torch.Tensor  # (slots,) int64
     touched: bool = False  # checked in the current step
+    # Checks not folded into `finite` yet: slot, minimum and maximum (0-d, on the device)
+    slots: list[int] = field(default_factory=list)
+    lows: list[torch.Tensor] = field(default_factory=list)
+    highs: list[torch.Tensor] = field(default_factory=list)
 
 
 class Sentinel:
@@ -60,6 +66,8 @@ class Sentinel:
         self._names: list[SlotName | None] = [None] * activations
         self._names += [(name, "grad") for name, _ in self._params]
         self._states: dict[torch.device, _DeviceState] = {}
+        # Checks kept before folding: a loop that never ends a step must not grow them.
+        self._max_pending = 4 * len(self._names) + 16
 
     def check_activation(self, module_name: str, tensor: torch.Tensor) -> None:
         """Called by a forward hook with a module's floating-point output."""
@@ -70,49 +78,59 @@ class Sentinel:
                 return
             self._slots[module_name] = slot
             self._names[slot] = (module_name, "activation")
-        if tensor.numel() == 0:  # host metadata: no read back
-            return
-        state = self._state(tensor.device)
-        state.touched = True
-        low, high = torch.aminmax(tensor.detach())
-        state.finite[slot : slot + 1].logical_and_(torch.isfinite(low) & torch.isfinite(high))
+        if tensor.numel():  # host metadata: no read back
+            self._check(slot, tensor)
 
     def check_grads(self) -> None:
         """Called at the optimizer step (or `Run.step()`): the parameters' gradients."""
-        # Per device: the gradients' slots, and their minima and maxima.
-        by_device: dict[torch.device, tuple[list[int], list[torch.Tensor], list[torch.Tensor]]] = {}
         for index, (_, param) in enumerate(self._params):
             grad = param.grad
             if grad is not None and grad.is_floating_point() and grad.numel():
-                slots, lows, highs = by_device.setdefault(grad.device, ([], [], []))
-                slots.append(self._activations + index)
-                low, high = torch.aminmax(grad.detach())
-                lows.append(low)
-                highs.append(high)
-        for device, (slots, lows, highs) in by_device.items():
-            state = self._state(device)
-            state.touched = True
-            # (len(slots),) bool; float32 holds every float16 and bfloat16 value and inf
-            stacked = torch.stack([v.float() for v in lows]).isfinite()
-            stacked &= torch.stack([v.float() for v in highs]).isfinite()
-            start, stop = slots[0], slots[-1] + 1
-            if stop - start == len(slots):  # contiguous, the usual case: one kernel
-                state.finite[start:stop].logical_and_(stacked)
-            else:
-                for i, slot in enumerate(slots):
-                    state.finite[slot : slot + 1].logical_and_(stacked[i])
+                self._check(self._activations + index, grad)
 
     def end_step(self, step: int) -> None:
         """Called when step `step` ends: fold its checks into `fired` and `first`."""
         for state in self._states.values():
             if not state.touched:
                 continue
+            self._fold(state)
             state.touched = False
             bad = state.finite.logical_not()  # (slots,)
             turned = bad & ~state.fired & (state.first == NEVER)
             state.first.masked_fill_(turned, step)  # a Python int: no read back
             state.fired.copy_(bad)
             state.finite.fill_(True)
+
+    def _check(self, slot: int, tensor: torch.Tensor) -> None:
+        state = self._state(tensor.device)
+        state.touched = True
+        low, high = torch.aminmax(tensor.detach())  # one reduction; kernels only
+        state.slots.append(slot)
+        state.lows.append(low)
+        state.highs.append(high)
+        if len(state.slots) > self._max_pending:
+            self._fold(state)
+
+    @staticmethod
+    def _fold(state: _DeviceState) -> None:
+        """AND the pending checks into `finite`: a few kernels for the whole step."""
+        if not state.slots:
+            return
+        # float32 holds every float16 and bfloat16 value, and the infinities
+        lows = torch.stack([low.float() for low in state.lows])  # (checks,)
+        highs = torch.stack([high.float() for high in state.highs])
+        finite = lows.isfinite()
+        finite &= highs.isfinite()
+        # Runs of consecutive slots, each one slice: in a usual step two (the outputs
+        # in the order their modules ran, then the gradients). A slot checked twice in
+        # the step (a module called twice) starts a new run, and is ANDed again.
+        slots, start = state.slots, 0
+        for i in range(1, len(slots) + 1):
+            if i == len(slots) or slots[i] != slots[i - 1] + 1:
+                first = slots[start]
+                state.finite[first : first + i - start].logical_and_(finite[start:i])
+                start = i
+        state.slots, state.lows, state.highs = [], [], []
 
     def read(self, prefix: str) -> NonfiniteRecord | None:
         """Hand over what was seen since the last read, and start again."""

@@ -281,12 +281,16 @@ class Watch:
         leaving its state as it was) and queue the payloads; return how many."""
         if self._prober is None or self._removed:
             return 0
-        # Attributions run forwards with gradients on: not a training pass to record.
+        # Attributions run forwards with gradients on: not a training pass to record,
+        # nor to check for non-finite values.
         capturing, self._capturing = self._capturing, False
+        sentinel, self._sentinel = self._sentinel, None
         try:
             return self._prober.run(self._model, self._modules, self._step)
         finally:
             self._capturing = capturing and not self._removed
+            if not self._removed:
+                self._sentinel = sentinel
 
     # -- the non-finite sentinel -------------------------------------------------------
 
@@ -326,9 +330,10 @@ class Watch:
             if self._sentinel is not None and is_grad_enabled():
                 self._guard_sentinel(self._check_output, self._sentinel, name, output)
 
-        # Under torch.compile, the check below is traced (a guard on one bool, so an
-        # uncaptured step runs a graph without hooks) and `capture` is not: a captured
-        # step runs a second compiled variant that leaves the graph at each module.
+        # Under torch.compile, the checks in `hook` are traced (guards on two flags, so
+        # an uncaptured step runs a graph without hooks) and `check` and `capture` are
+        # not: a captured step, and every step while the sentinel is on, runs another
+        # compiled variant that leaves the graph at each module.
         @eager
         def capture(module: torch.nn.Module, output: object) -> None:
             if name in seen or not is_grad_enabled():  # accumulation / eval pass

@@ -149,6 +149,34 @@ def test_an_incident_after_recovery_is_reported_again_and_a_lasting_one_once(
     ]
 
 
+class Twice(nn.Module):
+    """Calls one module twice per forward pass, with a spike between the calls."""
+
+    def __init__(self, spike: Spike) -> None:
+        super().__init__()
+        self.shared, self.spike = nn.Linear(8, 8), spike
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared(self.spike(self.shared(x)))
+
+
+def test_a_module_called_twice_fires_when_either_call_does(
+    server: FakeServer, make_run: MakeRun
+) -> None:
+    spike = Spike(at=[4])
+    model = nn.Sequential(nn.Linear(4, 8), Twice(spike))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = make_run()
+    run.watch(model, optimizer, every=10, gradients=False)
+    _train(model, optimizer, 8, spike=spike, tolerant=True)
+    assert run.flush(5)
+    # Slots in the order first run: 0, 1.shared, 1.spike; the first call of 1.shared
+    # was finite at step 4, its second not.
+    assert server.nonfinite() == [
+        wire.NonfiniteEvent(step=4, tensor="1.shared", kind="activation", also=["1.spike"])
+    ]
+
+
 def test_an_incident_in_the_last_steps_goes_out_at_close(
     server: FakeServer, make_run: MakeRun
 ) -> None:
