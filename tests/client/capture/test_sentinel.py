@@ -250,3 +250,26 @@ def test_the_sentinel_never_synchronises_with_the_gpu(
     [event] = server.nonfinite()
     assert (event.step, event.tensor, event.kind) == (7, "2", "activation")
     assert event.also[0] == "3"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_a_compiled_model_is_checked_on_every_step(server: FakeServer, make_run: MakeRun) -> None:
+    """Under torch.compile the checks leave the graph like the captures do."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = make_run()
+    run.watch(model, optimizer, every=4)
+    compiled = torch.compile(model)
+    for step in range(6):
+        x = torch.randn(4, 8)
+        if step == 3:  # an uncaptured step
+            x[0, 0] = torch.nan
+        compiled(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert run.flush(5)
+    [event] = server.nonfinite()
+    assert (event.step, event.tensor, event.kind) == (3, "0", "activation")
+    assert event.also[:2] == ["1", "2"]
