@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from layerwatch.records import NEVER, NonfiniteRecord, SlotName
+from layerwatch.reduce.statistics import first_float_tensor
 
 __all__ = ["Sentinel"]
 
@@ -69,8 +70,14 @@ class Sentinel:
         # Checks kept before folding: a loop that never ends a step must not grow them.
         self._max_pending = 4 * len(self._names) + 16
 
+    def check_output(self, module_name: str, output: object) -> None:
+        """Called by a forward hook (in passes with gradients) with a module's output."""
+        tensor = first_float_tensor(output)  # as captures summarise it
+        if tensor is not None:
+            self.check_activation(module_name, tensor)
+
     def check_activation(self, module_name: str, tensor: torch.Tensor) -> None:
-        """Called by a forward hook with a module's floating-point output."""
+        """A module's floating-point output."""
         slot = self._slots.get(module_name)
         if slot is None:
             slot = len(self._slots)

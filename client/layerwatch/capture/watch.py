@@ -328,7 +328,7 @@ class Watch:
         @eager
         def check(output: object) -> None:
             if self._sentinel is not None and is_grad_enabled():
-                self._guard_sentinel(self._check_output, self._sentinel, name, output)
+                self._guard_sentinel(self._sentinel.check_output, name, output)
 
         # Under torch.compile, the checks in `hook` are traced (guards on two flags, so
         # an uncaptured step runs a graph without hooks) and `check` and `capture` are
@@ -347,12 +347,6 @@ class Watch:
                 capture(module, output)
 
         return hook
-
-    @staticmethod
-    def _check_output(sentinel: Sentinel, module_name: str, output: object) -> None:
-        tensor = first_float_tensor(output)
-        if tensor is not None:
-            sentinel.check_activation(module_name, tensor)
 
     def _capture(self, module_name: str, module: torch.nn.Module, output: object) -> None:
         # An attention block returns (output, weights or None): the first is its output.
