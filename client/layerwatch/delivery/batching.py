@@ -127,6 +127,8 @@ def _event(
     if step >= NEVER:
         return None
     fired = [name for name, at in zip(record.names, first, strict=True) if at == step and name]
+    if not fired:  # only a slot without a name: never expected
+        return None
     (tensor, kind), others = fired[0], fired[1:]
     return _validate(
         on_invalid, wire.NonfiniteEvent, step=int(step), tensor=tensor, kind=kind,
