@@ -48,8 +48,9 @@ from report import machine, markdown
 if TYPE_CHECKING:
     import torch
 
-FAMILIES = ("layerwatch", "layerwatch-step", "wandb", "tensorboard")
+FAMILIES = ("layerwatch", "layerwatch-step", "layerwatch-nosentinel", "wandb", "tensorboard")
 # layerwatch-step: `run.watch(model)` without the optimizer, and `run.step()` after each update
+# layerwatch-nosentinel: as layerwatch, with `sentinel=False` (no NaN/inf check on every step)
 PEERS = ("wandb", "tensorboard")
 TARGETS = {1: 1.30, 10: 1.03}  # layerwatch step time / baseline step time, by capture interval
 BLOCK = 10  # steps per timing block: one capture per block at every=1, 2, 5 or 10
@@ -128,13 +129,17 @@ class LayerwatchTracker(Tracker):
         server: str,
         *,
         manual_steps: bool = False,
+        sentinel: bool = True,
     ) -> None:
         import layerwatch
 
         self.run = layerwatch.Run(server, project="bench", name=f"overhead-every{every}")
         self.capture = full_capture_options(self.run.watch)
         self.manual_steps = manual_steps
-        self.run.watch(model, None if manual_steps else optimizer, every=every, **self.capture)
+        off = {} if sentinel else {"sentinel": False}  # the default is on
+        self.run.watch(
+            model, None if manual_steps else optimizer, every=every, **self.capture, **off
+        )
 
     def stepped(self) -> None:
         if self.manual_steps:
@@ -260,9 +265,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     tracker: Tracker
     if args.family == "baseline":
         tracker = Tracker()
-    elif args.family in ("layerwatch", "layerwatch-step"):
+    elif args.family.startswith("layerwatch"):
         tracker = LayerwatchTracker(model, optimizer, args.every, args.server,
-                                    manual_steps=args.family == "layerwatch-step")  # fmt: skip
+                                    manual_steps=args.family == "layerwatch-step",
+                                    sentinel=args.family != "layerwatch-nosentinel")  # fmt: skip
     elif args.family == "wandb":
         tracker = WandbTracker(model, args.every, directory)
     else:
@@ -488,7 +494,8 @@ def report(rows: list[Row]) -> str:
 
 
 def installed(family: str) -> bool:
-    module = {"layerwatch": "layerwatch", "layerwatch-step": "layerwatch", "wandb": "wandb",
+    module = {"layerwatch": "layerwatch", "layerwatch-step": "layerwatch",
+              "layerwatch-nosentinel": "layerwatch", "wandb": "wandb",
               "tensorboard": "tensorboard"}[family]  # fmt: skip
     return importlib.util.find_spec(module) is not None
 

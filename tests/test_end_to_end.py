@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from sklearn.datasets import load_iris  # noqa: E402
+from sklearn.datasets import load_digits, load_iris  # noqa: E402
 from torch import nn  # noqa: E402
 
 import layerwatch  # noqa: E402
@@ -204,3 +204,42 @@ def test_demo_serve_prints_the_dashboard_while_the_run_trains(tmp_path: Path) ->
     finally:
         demo.kill()
         demo.communicate(timeout=30)  # reaps it and closes its pipe
+
+
+def test_a_nan_between_captures_is_found_at_its_step_and_layer(live_server: str) -> None:
+    """The sentinel: a NaN made by one layer at one uncaptured step is reported with
+    that step and layer, though by the next capture every tensor is NaN."""
+    torch.manual_seed(0)
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    y = torch.tensor(y)
+    model = nn.Sequential(
+        nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    poisoned_at, step = 23, 0
+
+    def poison(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor | None:
+        return output * math.nan if step == poisoned_at else None
+
+    model[2].register_forward_hook(poison)  # before the watch: layerwatch sees its output
+    with layerwatch.Run(live_server, project="e2e", name="digits-nan") as run:
+        run.watch(model, optimizer, every=10)
+        for step in range(40):
+            xb, yb = x[step * 32 : (step + 1) * 32], y[step * 32 : (step + 1) * 32]
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        run_id = run.id
+    with httpx.Client(headers=auth_headers(), timeout=30) as http:
+        base = f"{live_server}/api/v1/runs/{run_id}"
+        events = http.get(f"{base}/nonfinite").raise_for_status().json()["data"]
+        series = http.get(f"{base}/series", params={"tensor": "0", "stat": "nonfinite"})
+    assert [(e["step"], e["tensor"], e["kind"]) for e in events] == [(23, "2", "activation")]
+    assert events[0]["also"][:2] == ["3", "4"]  # downstream, in forward order, then grads
+    assert {"0.weight", "4.bias"} <= set(events[0]["also"])
+    # What captures alone show: the first layer clean at 20, NaN at 30 (weights poisoned).
+    nonfinite = dict(zip(series.json()["steps"], series.json()["values"], strict=True))
+    assert nonfinite[20] == 0
+    assert nonfinite[30] > 0

@@ -44,7 +44,7 @@ def schema_drift(engine: Engine) -> list[object]:
 def test_models_and_tables_agree() -> None:
     expected = {"projects", "runs", "tensors", "stats", "histograms", "scalars", "batches",
                 "unit_means", "weight_changes", "modules", "probes", "probe_layers",
-                "probe_attributions", "embeddings", "api_tokens"}  # fmt: skip
+                "probe_attributions", "embeddings", "api_tokens", "nonfinite_events"}  # fmt: skip
     assert expected == TABLES
 
 

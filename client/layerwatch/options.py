@@ -89,6 +89,7 @@ class CaptureOptions:
     histograms: Histograms | None = Histograms()
     unit_means: bool = True
     weight_change: bool = True
+    sentinel: bool = True  # check every step for NaN and inf (capture.sentinel)
 
     @property
     def bins(self) -> int | None:
@@ -107,10 +108,12 @@ def capture_options(
     histograms: object,
     unit_means: object,
     weight_change: object,
+    sentinel: object = True,
 ) -> CaptureOptions:
     """The capture switches of `Run.watch()`, checked."""
     switches = {"activations": activations, "weights": weights, "gradients": gradients,
-                "unit_means": unit_means, "weight_change": weight_change}  # fmt: skip
+                "unit_means": unit_means, "weight_change": weight_change,
+                "sentinel": sentinel}  # fmt: skip
     for flag, value in switches.items():
         if not isinstance(value, bool):
             raise ConfigError(f"`{flag}` must be True or False, not {value!r}")

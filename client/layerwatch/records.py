@@ -6,7 +6,7 @@ The sender turns records into `wire` payloads (see `layerwatch.delivery.batching
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from layerwatch import wire
 
@@ -15,7 +15,17 @@ if TYPE_CHECKING:
 
     from layerwatch.reduce.statistics import Summary
 
-__all__ = ["ModelRecord", "Record", "ScalarRecord", "SummaryRecord", "TensorKey", "TensorMeta"]
+__all__ = [
+    "NEVER",
+    "ModelRecord",
+    "NonfiniteRecord",
+    "Record",
+    "ScalarRecord",
+    "SlotName",
+    "SummaryRecord",
+    "TensorKey",
+    "TensorMeta",
+]
 
 TensorMeta = tuple[str, tuple[int, ...], str]
 """What hooks note about a tensor at its first capture: module type, shape, dtype."""
@@ -57,4 +67,21 @@ class ScalarRecord(NamedTuple):
     rows: int = 1
 
 
-Record = SummaryRecord | ScalarRecord | ModelRecord
+NEVER = 2**62
+"""A sentinel's first step of a slot that did not turn non-finite; exact as a float64,
+like every step below 2**53."""
+
+SlotName = tuple[str, Literal["activation", "grad"]]
+"""A tensor the sentinel checks: its name and kind."""
+
+
+class NonfiniteRecord(NamedTuple):
+    """What the sentinel (`capture.sentinel`) saw between two reads: per slot, the first
+    step at which it turned non-finite (`NEVER`: it did not), on each device it ran on."""
+
+    names: tuple[SlotName | None, ...]  # per slot; None: a module that never ran
+    first: tuple[torch.Tensor, ...]  # per device: (slots,) int64
+    rows: int = 0  # it holds at most one event, counted when decoded
+
+
+Record = SummaryRecord | ScalarRecord | ModelRecord | NonfiniteRecord

@@ -249,6 +249,7 @@ class Run:
         gradients: bool = True,
         unit_means: bool = True,
         weight_change: bool = True,
+        sentinel: bool = True,
         histograms: int | Histograms | None = wire.DEFAULT_BINS,
         probe: Probe | ProbeInputs | tuple[ProbeInputs, torch.Tensor | None] | None = None,
     ) -> Watch:
@@ -332,6 +333,13 @@ class Run:
         * **weight_change** - record each parameter's relative change since the
           previous capture and since now, and the update-to-weight ratio; keeps two
           copies of the watched parameters on their device.
+        * **sentinel** - on every step, captured or not, check each recorded module
+          output and each watched gradient for NaN and inf on its device (no
+          read-back on the training thread), and send the first step and tensor that
+          turned non-finite, with the others that did at that step, with the next
+          batch (`GET /api/v1/runs/{id}/nonfinite`). A few small kernels per module
+          and step; under `torch.compile` every step then leaves the graph at each
+          watched module. False turns it off.
         * **histograms** - bins (1-512) of each tensor's histogram over its finite
           range, a `layerwatch.Histograms` (bins and sample size), or None for none.
         * **probe** - fixed held-out inputs run through the model at each probe: a
@@ -352,6 +360,7 @@ class Run:
         options = capture_options(
             activations=activations, weights=weights, gradients=gradients,
             unit_means=unit_means, weight_change=weight_change, histograms=histograms,
+            sentinel=sentinel,
         )  # fmt: skip
         probe_options = resolve_probe(probe)
         chosen = select_modules(model, include, exclude)
@@ -500,8 +509,9 @@ class Run:
             self._buffer.put(ScalarRecord(at, key, logged, now))
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record queued so far is sent, or given up; True if that
-        happened within `timeout` seconds (default: the run's `timeout`).
+        """Wait until every record queued so far, and what the non-finite sentinel saw
+        up to the last completed step, is sent, or given up; True if that happened
+        within `timeout` seconds (default: the run's `timeout`).
 
         Usage:
 
@@ -511,6 +521,8 @@ class Run:
         ```
         """
         self._check_open()
+        for watch in self._clock.watches:
+            watch._report_nonfinite()
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         if not self._reducer.drain(max(deadline - time.monotonic(), 0.0)):
             return False

@@ -52,6 +52,10 @@ MAX_ATTRIBUTION_VALUES = 4 * 1024 * 1024
 """Most float32 values of a probe's attributions (samples x input size)."""
 
 MAX_CONFIG_BYTES = 64 * 1024
+MAX_NONFINITE_ALSO = 64
+"""Most other tensors a `NonfiniteEvent` names as firing at its step."""
+MAX_NONFINITE_EVENTS = 1024
+"""Most `NonfiniteEvent`s in one batch."""
 """Most bytes of a run's `config` as compact JSON: hyperparameters, not data."""
 
 # The one rule for user text. Names, projects, tags and config keys: no control
@@ -404,6 +408,26 @@ class Scalars(_Model):
         return self
 
 
+class NonfiniteEvent(_Model):
+    """The first step at which a watched tensor turned non-finite (NaN or infinite) after
+    being finite, as the client's sentinel saw it between two captured steps."""
+
+    step: Step = Field(description="The step at which the tensor first held a NaN or inf.")
+    tensor: Name = Field(
+        description="The first tensor that fired at that step: activations in the order "
+        "their modules ran, then gradients in parameter order."
+    )
+    kind: Literal["activation", "grad"] = Field(
+        description="`activation` (a module's output) or `grad` (a parameter's gradient)."
+    )
+    also: list[Name] = Field(
+        default_factory=list,
+        max_length=MAX_NONFINITE_ALSO,
+        description=f"Other tensors that turned non-finite at the same step, in the same "
+        f"order (at most {MAX_NONFINITE_ALSO}).",
+    )
+
+
 class Batch(_Model):
     """One POST of measurements from one process.
 
@@ -421,6 +445,18 @@ class Batch(_Model):
     unit_means: list[UnitMeans] = Field(default_factory=list)
     weight_changes: list[WeightChanges] = Field(default_factory=list)
     models: list[ModelTree] = Field(default_factory=list)
+    nonfinite: list[NonfiniteEvent] = Field(
+        default_factory=list,
+        max_length=MAX_NONFINITE_EVENTS,
+        description="Non-finite values the client's sentinel saw since its previous "
+        "report; left out when empty, so servers from before it take the batch.",
+    )
+
+    def body(self) -> bytes:
+        """The JSON to POST; without non-finite events it is what servers from before
+        `nonfinite` take."""
+        leave_out = None if self.nonfinite else {"nonfinite"}
+        return self.model_dump_json(exclude=leave_out).encode()
 
 
 class BatchReceipt(_Model):

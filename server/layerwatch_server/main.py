@@ -34,6 +34,7 @@ from layerwatch_server.api.routes import (
     layers,
     probes,
     runs,
+    sentinel,
     series,
     tokens,
     views,
@@ -109,7 +110,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     # Deny by default: every router but the health checks needs a token, for every route
     # it has or will have (tests/server/api/test_auth_routes.py holds the list).
     app.include_router(health.router)
-    for module in (runs, ingest, probes, series, layers, views, export, findings):
+    for module in (runs, ingest, probes, series, layers, sentinel, views, export, findings):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(AUTHORIZE)])
     app.include_router(
         tokens.router,

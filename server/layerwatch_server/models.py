@@ -307,6 +307,21 @@ class SqlScalar(Base):
     time: Mapped[float | None] = mapped_column(Double)
 
 
+class SqlNonfiniteEvent(Base):
+    """A watched tensor turning non-finite: the first step and tensor the client's
+    sentinel saw since its previous report (see `wire.NonfiniteEvent`)."""
+
+    __tablename__ = "nonfinite_events"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tensor: Mapped[str] = mapped_column(NAME, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # Other tensors that turned non-finite at the same step, in forward order.
+    also: Mapped[list[str]] = mapped_column(JSON)
+
+
 class SqlBatch(Base):
     """A batch already stored: what makes a replayed batch a no-op."""
 

@@ -266,6 +266,27 @@ class ProbesPublic(_Public):
     count: int
 
 
+class NonfiniteEventPublic(_Public):
+    """A watched tensor turning non-finite, as the client's sentinel saw it (see
+    ``layerwatch.wire.NonfiniteEvent``)."""
+
+    step: int = Field(description="The first step at which the tensor held a NaN or inf.")
+    rank: int = Field(description="The process that saw it.")
+    tensor: str = Field(
+        description="The first tensor that turned at that step: activations in the order "
+        "their modules ran, then gradients in parameter order."
+    )
+    kind: Literal["activation", "grad"] = Field(
+        description="`activation` (a module's output) or `grad` (a parameter's gradient)."
+    )
+    also: list[str] = Field(description="Other tensors that turned at the same step, in order.")
+
+
+class NonfiniteEventsPublic(_Public):
+    data: list[NonfiniteEventPublic] = Field(description="Sorted by step, then rank.")
+    count: int
+
+
 TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 

@@ -154,6 +154,10 @@ class FakeServer:
     def models(self) -> list[wire.ModelTree]:
         return [tree for batch in self.batches.values() for tree in batch.models]
 
+    def nonfinite(self) -> list[wire.NonfiniteEvent]:
+        """The sentinel's events over all stored batches, in the order sent."""
+        return [event for batch in self.batches.values() for event in batch.nonfinite]
+
     def tensors(self) -> dict[tuple[str, str], wire.TensorInfo]:
         return {(t.name, t.kind): t for b in self.batches.values() for t in b.tensors}
 

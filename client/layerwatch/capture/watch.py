@@ -19,6 +19,7 @@ from layerwatch.capture.clock import StepClock
 from layerwatch.capture.eager import eager
 from layerwatch.capture.model_tree import TreeRecorder
 from layerwatch.capture.parameters import ParamTracker
+from layerwatch.capture.sentinel import Sentinel
 from layerwatch.logs import logger
 from layerwatch.options import CaptureOptions
 from layerwatch.probe.prober import Prober
@@ -54,8 +55,13 @@ class Watch:
     watch.remove()
     ```
 
+    On every step, captured or not, the non-finite sentinel (`capture.sentinel`)
+    checks the same module outputs and, at the optimizer step, the gradients, for
+    NaN and inf, on their device; what it saw goes out at each captured step.
+
     A hook that fails (an unusual output type, say) disables its whole `Watch` with
-    one logged warning; training goes on unaffected.
+    one logged warning; training goes on unaffected. A failing sentinel disables
+    only itself, with one warning.
     """
 
     def __init__(
@@ -114,6 +120,10 @@ class Watch:
         self._params.capturing = self._capturing
         self._params.prefix = self._prefix
         self._tree = TreeRecorder(model, self._put_tree)
+        self._sentinel: Sentinel | None = None
+        if options.sentinel:
+            checked = params if options.gradients else []
+            self._sentinel = Sentinel(len(modules) if options.activations else 0, checked)
         self._handles = []
         if options.activations:
             self._handles = [
@@ -184,6 +194,9 @@ class Watch:
         """
         if self._removed:
             return
+        self._end_sentinel_step()
+        self._report_nonfinite()
+        self._sentinel = None
         self._removed = True
         self._capturing = False
         for handle in self._handles:
@@ -238,6 +251,8 @@ class Watch:
         """Before the optimizer step (or at `run.step()`): weights and gradients. An
         optimizer stepping several times per run step (a GAN's discriminator, say)
         is read at its first step."""
+        if self._sentinel is not None and self._enabled:
+            self._guard_sentinel(self._sentinel.check_grads)
         if self._capturing and not self._read:
             self._read = self._recorded = True
             self._guarded("parameters", self._params.before_step, self._step)
@@ -249,12 +264,15 @@ class Watch:
 
     def _on_step(self, step: int) -> None:
         """Called by the run when the step advances (optimizer step or `run.step()`)."""
+        self._end_sentinel_step()
         self._step = step
         self._capturing = self._enabled and not self._removed and step % self._every == 0
         self._params.capturing = self._capturing
         self._read = False
         if self._seen:
             self._seen.clear()
+        if self._capturing:
+            self._report_nonfinite()
         if self._prober is not None and self._prober.due(step):
             self.probe()
 
@@ -263,12 +281,43 @@ class Watch:
         leaving its state as it was) and queue the payloads; return how many."""
         if self._prober is None or self._removed:
             return 0
-        # Attributions run forwards with gradients on: not a training pass to record.
+        # Attributions run forwards with gradients on: not a training pass to record,
+        # nor to check for non-finite values.
         capturing, self._capturing = self._capturing, False
+        sentinel, self._sentinel = self._sentinel, None
         try:
             return self._prober.run(self._model, self._modules, self._step)
         finally:
             self._capturing = capturing and not self._removed
+            if not self._removed:
+                self._sentinel = sentinel
+
+    # -- the non-finite sentinel -------------------------------------------------------
+
+    def _end_sentinel_step(self) -> None:
+        if self._sentinel is not None:
+            self._guard_sentinel(self._sentinel.end_step, self._step)
+
+    def _report_nonfinite(self) -> None:
+        """Called at each captured step, at `Run.flush()` and at `remove()`: queue what
+        the sentinel saw since its last report (read back on the spooler thread)."""
+        if self._sentinel is not None:
+            self._guard_sentinel(self._put_nonfinite, self._sentinel)
+
+    def _put_nonfinite(self, sentinel: Sentinel) -> None:
+        record = sentinel.read(self._prefix)
+        if record is not None:
+            self._put(record)
+
+    def _guard_sentinel(self, function: Callable[..., object], *args: object) -> None:
+        try:
+            function(*args)
+        except Exception:
+            self._sentinel = None
+            logger.warning(
+                "layerwatch: disabling the non-finite sentinel of `%s` after it failed",
+                self._name, exc_info=True,
+            )  # fmt: skip
 
     # -- activations ---------------------------------------------------------------
 
@@ -276,9 +325,15 @@ class Watch:
         seen = self._seen
         is_grad_enabled = self._is_grad_enabled
 
-        # Under torch.compile, the check below is traced (a guard on one bool, so an
-        # uncaptured step runs a graph without hooks) and `capture` is not: a captured
-        # step runs a second compiled variant that leaves the graph at each module.
+        @eager
+        def check(output: object) -> None:
+            if self._sentinel is not None and is_grad_enabled():
+                self._guard_sentinel(self._sentinel.check_output, name, output)
+
+        # Under torch.compile, the checks in `hook` are traced (guards on two flags, so
+        # an uncaptured step runs a graph without hooks) and `check` and `capture` are
+        # not: a captured step, and every step while the sentinel is on, runs another
+        # compiled variant that leaves the graph at each module.
         @eager
         def capture(module: torch.nn.Module, output: object) -> None:
             if name in seen or not is_grad_enabled():  # accumulation / eval pass
@@ -286,6 +341,8 @@ class Watch:
             self._guarded(name, self._capture, name, module, output)
 
         def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
+            if self._sentinel is not None and self._enabled:
+                check(output)
             if self._capturing:  # the common case, False, returns at once
                 capture(module, output)
 

@@ -20,7 +20,16 @@ from layerwatch import wire
 if TYPE_CHECKING:
     import torch
 
-from layerwatch.records import Record, ScalarRecord, SummaryRecord, TensorKey, TensorMeta
+from layerwatch.records import (
+    NEVER,
+    ModelRecord,
+    NonfiniteRecord,
+    Record,
+    ScalarRecord,
+    SummaryRecord,
+    TensorKey,
+    TensorMeta,
+)
 
 __all__ = ["build_batch", "count_records", "split_batch"]
 
@@ -52,6 +61,7 @@ def build_batch(
     summaries: dict[TensorKey, dict[int, SummaryRecord]] = {}
     scalars: dict[str, dict[int, ScalarRecord]] = {}
     models: list[wire.ModelTree] = []
+    sentinels: list[NonfiniteRecord] = []
     device_values: list[torch.Tensor] = []
     for record in records:
         if isinstance(record, SummaryRecord):
@@ -65,8 +75,11 @@ def build_batch(
             scalars.setdefault(record.name, {})[record.step] = record
             if not isinstance(record.value, (int, float)):
                 device_values.append(record.value)
-        else:
+        elif isinstance(record, ModelRecord):
             models.append(record.tree)
+        else:
+            sentinels.append(record)
+            device_values.extend(record.first)
     host = _to_host(device_values)  # the one device-to-host copy (per device)
     blocks = _Blocks(on_invalid)
     for (name, kind), by_step in summaries.items():
@@ -82,7 +95,8 @@ def build_batch(
             times=[p.time for p in points],
         )  # fmt: skip
     kept = blocks.rows + len(models)
-    if not kept:
+    events = [e for r in sentinels if (e := _event(r, host, on_invalid)) is not None]
+    if not kept and not events:
         return None, 0
     infos = []
     for key in blocks.tensors:
@@ -96,9 +110,30 @@ def build_batch(
                 infos.append(info)
                 described.add(key)
     batch = wire.Batch(
-        batch_id=uuid.uuid4().hex, rank=rank, tensors=infos, models=models, **blocks.by_field
-    )
+        batch_id=uuid.uuid4().hex, rank=rank, tensors=infos, models=models,
+        nonfinite=events[: wire.MAX_NONFINITE_EVENTS], **blocks.by_field,
+    )  # fmt: skip
     return batch, kept
+
+
+def _event(
+    record: NonfiniteRecord, host: _Host, on_invalid: OnInvalid
+) -> wire.NonfiniteEvent | None:
+    """The event in a sentinel's record: the earliest step at which a slot turned
+    non-finite, its first slot in order, and the others that turned at that step."""
+    # Per slot, the earliest step over the devices it ran on (NEVER when it did not turn).
+    first = [min(values) for values in zip(*(host[id(t)] for t in record.first), strict=True)]
+    step = min(first, default=NEVER)
+    if step >= NEVER:
+        return None
+    fired = [name for name, at in zip(record.names, first, strict=True) if at == step and name]
+    if not fired:  # only a slot without a name: never expected
+        return None
+    (tensor, kind), others = fired[0], fired[1:]
+    return _validate(
+        on_invalid, wire.NonfiniteEvent, step=int(step), tensor=tensor, kind=kind,
+        also=[name for name, _ in others[: wire.MAX_NONFINITE_ALSO]],
+    )  # fmt: skip
 
 
 class _Blocks:
@@ -190,7 +225,7 @@ def _finite_or_zero(value: float) -> float:
 def split_batch(batch: wire.Batch) -> list[wire.Batch]:
     """`batch` as two batches of about half the rows each, with fresh batch ids.
 
-    Model trees go with the first half.
+    Model trees and non-finite events go with the first half.
     """
     blocks: list[_Block] = [b for field in _BLOCK_FIELDS for b in getattr(batch, field)]
     rows = [(b, i) for b, block in enumerate(blocks) for i in range(len(block.steps))]
@@ -212,6 +247,7 @@ def split_batch(batch: wire.Batch) -> list[wire.Batch]:
             # each TensorInfo goes with the first half holding rows of its tensor
             "tensors": [infos.pop(key) for key in list(infos) if key in named],
             "models": batch.models if half == 0 else [],
+            "nonfinite": batch.nonfinite if half == 0 else [],
             **by_field,
         }
         halves.append(batch.model_copy(update=update))

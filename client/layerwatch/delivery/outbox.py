@@ -120,7 +120,7 @@ class Outbox:
         with self._lock:
             outgoing = self._spool.peek()
         if outgoing is not None and outgoing.body is None:
-            outgoing.body = outgoing.batch.model_dump_json().encode()
+            outgoing.body = outgoing.batch.body()
         return outgoing
 
     def delivered(self, rows: int, outgoing: Outgoing | None = None) -> None:

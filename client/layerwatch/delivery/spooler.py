@@ -20,13 +20,13 @@ from layerwatch.delivery.outbox import Outbox
 from layerwatch.delivery.queue import Buffer, FlushRequest, Wake
 from layerwatch.delivery.spool.base import Spool
 from layerwatch.logs import OnceLog, logger
-from layerwatch.records import ModelRecord, Record, ScalarRecord, SummaryRecord
+from layerwatch.records import ModelRecord, NonfiniteRecord, Record, ScalarRecord, SummaryRecord
 
 __all__ = ["Spooler"]
 
 _IDLE_WAIT = 0.5  # seconds; how often an idle spooler looks at the stop flag
 _FLUSH_POLL = 0.02  # seconds; how often a flush waiting for the sender is looked at
-_RECORDS = (SummaryRecord, ScalarRecord, ModelRecord)
+_RECORDS = (SummaryRecord, ScalarRecord, ModelRecord, NonfiniteRecord)
 
 
 class Spooler:

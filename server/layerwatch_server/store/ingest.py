@@ -28,6 +28,7 @@ from layerwatch_server.models import (
     SqlBatch,
     SqlHistogram,
     SqlModule,
+    SqlNonfiniteEvent,
     SqlScalar,
     SqlStat,
     SqlTensor,
@@ -48,6 +49,7 @@ _WEIGHT_CHANGES: Table = SqlWeightChange.__table__  # type: ignore[assignment]
 _MODULES: Table = SqlModule.__table__  # type: ignore[assignment]
 _TENSORS: Table = SqlTensor.__table__  # type: ignore[assignment]
 _BATCHES: Table = SqlBatch.__table__  # type: ignore[assignment]
+_NONFINITE: Table = SqlNonfiniteEvent.__table__  # type: ignore[assignment]
 _STAT_COLUMNS = ("tensor_id", "step", "rank", *wire.STAT_NAMES)
 _HISTOGRAM_COLUMNS = (
     "tensor_id", "step", "rank", "bins", "lo", "hi", "edges", "counts", "sample_size",
@@ -120,6 +122,7 @@ def ingest_batch(
         lambda key: f"scalar `{key[1]}` at step {key[2]}",
     )  # fmt: skip
     _store_models(session, run_id, batch)
+    _store_nonfinite(session, run_id, batch)
     return receipt
 
 
@@ -267,6 +270,38 @@ def _store_models(session: Session, run_id: str, batch: wire.Batch) -> None:
     ]  # fmt: skip
     for start in range(0, len(rows), 1000):
         session.execute(insert_ignoring_duplicates(session, _MODULES), rows[start : start + 1000])
+
+
+def _store_nonfinite(session: Session, run_id: str, batch: wire.Batch) -> None:
+    """Store the batch's non-finite events; one stored before (or given twice) with the
+    same `also` is skipped, with another refuses the batch, like a measurement row."""
+    if not batch.nonfinite:
+        return
+    steps = {event.step for event in batch.nonfinite}
+    stored = {
+        (step, tensor, kind): also
+        for step, tensor, kind, also in session.execute(
+            select(SqlNonfiniteEvent.step, SqlNonfiniteEvent.tensor, SqlNonfiniteEvent.kind,
+                   SqlNonfiniteEvent.also)
+            .where(SqlNonfiniteEvent.run_id == run_id, SqlNonfiniteEvent.rank == batch.rank,
+                   SqlNonfiniteEvent.step.in_(steps))
+        )
+    }  # fmt: skip
+    fresh: list[Row] = []
+    for event in batch.nonfinite:
+        key = (event.step, event.tensor, event.kind)
+        if key in stored:
+            if stored[key] != event.also:
+                raise Conflict(
+                    f"non-finite event of {event.kind} `{event.tensor}` at step {event.step} "
+                    f"(rank {batch.rank}) is already stored with different values"
+                )
+            continue
+        stored[key] = event.also
+        fresh.append({"run_id": run_id, "rank": batch.rank, "step": event.step,
+                      "tensor": event.tensor, "kind": event.kind, "also": event.also})  # fmt: skip
+    if fresh:
+        session.execute(insert_ignoring_duplicates(session, _NONFINITE), fresh)
 
 
 def _scalar_rows(batch: wire.Batch, run_id: str) -> list[Record]:

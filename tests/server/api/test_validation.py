@@ -91,6 +91,8 @@ def _set(path: str, value: Any) -> Callable[[Doc], None]:
     return mutate
 
 
+_65_NAMES = [f"fc{i}" for i in range(65)]
+
 BAD_BATCHES: dict[str, tuple[Callable[[Doc], Any], str]] = {
     # name rules
     "stats name over 250 chars": (_set("stats.0.name", "x" * 251), "name"),
@@ -179,6 +181,27 @@ BAD_BATCHES: dict[str, tuple[Callable[[Doc], Any], str]] = {
     "module with negative params": (_set("models.0.modules.1.params", -1), "params"),
     "module shape negative": (_set("models.0.modules.1.outputs", [[8, -16]]), "outputs"),
     "module type empty": (_set("models.0.modules.1.type", ""), "type"),
+    # non-finite events
+    "negative non-finite step": (
+        _set("nonfinite", [{"step": -1, "tensor": "fc1", "kind": "activation"}]),
+        "step",
+    ),
+    "non-finite event of a weight": (
+        _set("nonfinite", [{"step": 3, "tensor": "fc1", "kind": "weight"}]),
+        "kind",
+    ),
+    "non-finite tensor name with a newline": (
+        _set("nonfinite", [{"step": 3, "tensor": "fc\n1", "kind": "grad"}]),
+        "tensor",
+    ),
+    "non-finite event naming 65 others": (
+        _set("nonfinite", [{"step": 3, "tensor": "fc1", "kind": "grad", "also": _65_NAMES}]),
+        "also",
+    ),
+    "1025 non-finite events": (
+        _set("nonfinite", [{"step": i, "tensor": "fc1", "kind": "grad"} for i in range(1025)]),
+        "nonfinite",
+    ),
     # what only lax parsing would take: the schema says integer, or number
     "boolean step": (_set("stats.0.steps.1", True), "steps"),
     "step as a string": (_set("stats.0.steps.1", "1"), "steps"),

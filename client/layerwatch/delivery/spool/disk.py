@@ -201,7 +201,7 @@ class DiskSpool:
 
     def _entry(self, order: int, outgoing: Outgoing) -> _Entry:
         if outgoing.body is None:
-            outgoing.body = outgoing.batch.model_dump_json().encode()
+            outgoing.body = outgoing.batch.body()
         return _Entry(order, outgoing.seq, outgoing.records, len(outgoing.body))
 
     def _append(self, entries: list[_Entry], batches: list[Outgoing], *, keep: bool) -> None:
