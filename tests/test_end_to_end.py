@@ -236,6 +236,7 @@ def test_a_nan_between_captures_is_found_at_its_step_and_layer(live_server: str)
         base = f"{live_server}/api/v1/runs/{run_id}"
         events = http.get(f"{base}/nonfinite").raise_for_status().json()["data"]
         series = http.get(f"{base}/series", params={"tensor": "0", "stat": "nonfinite"})
+        findings = http.get(f"{base}/findings").raise_for_status().json()["findings"]
     assert [(e["step"], e["tensor"], e["kind"]) for e in events] == [(23, "2", "activation")]
     assert events[0]["also"][:2] == ["3", "4"]  # downstream, in forward order, then grads
     assert {"0.weight", "4.bias"} <= set(events[0]["also"])
@@ -243,3 +244,8 @@ def test_a_nan_between_captures_is_found_at_its_step_and_layer(live_server: str)
     nonfinite = dict(zip(series.json()["steps"], series.json()["values"], strict=True))
     assert nonfinite[20] == 0
     assert nonfinite[30] > 0
+    # The diagnosis names the true origin, from the sentinel, not the poisoned step 30.
+    [origin] = [f for f in findings if f["kind"] == "nonfinite"][:1]
+    assert (origin["step"], origin["tensor"], origin["tensor_kind"]) == (23, "2", "activation")
+    assert origin["severity"] == "error"
+    assert origin["evidence"]["from_sentinel"] is True

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from types import TracebackType
 
 import torch
+from torch.compiler import is_compiling
 
 from layerwatch.capture.clock import StepClock
 from layerwatch.capture.eager import eager
@@ -331,9 +332,11 @@ class Watch:
                 self._guard_sentinel(self._sentinel.check_output, name, output)
 
         # Under torch.compile, the checks in `hook` are traced (guards on two flags, so
-        # an uncaptured step runs a graph without hooks) and `check` and `capture` are
-        # not: a captured step, and every step while the sentinel is on, runs another
-        # compiled variant that leaves the graph at each module.
+        # an uncaptured step runs a graph without hooks) and `capture` is not: a
+        # captured step runs another compiled variant that leaves the graph at each
+        # module. The sentinel's output check is skipped inside a compiled graph, so
+        # uncaptured steps keep theirs whole; the gradients it checks at the optimizer
+        # step, outside the graph, still name the step a NaN appeared.
         @eager
         def capture(module: torch.nn.Module, output: object) -> None:
             if name in seen or not is_grad_enabled():  # accumulation / eval pass
@@ -341,7 +344,7 @@ class Watch:
             self._guarded(name, self._capture, name, module, output)
 
         def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
-            if self._sentinel is not None and self._enabled:
+            if self._sentinel is not None and self._enabled and not is_compiling():
                 check(output)
             if self._capturing:  # the common case, False, returns at once
                 capture(module, output)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from layerwatch_server.models import SqlStat, SqlUnitMean
 from layerwatch_server.store import measurements
 from layerwatch_server.store.scalars import get_scalar_series, require_scalars
+from layerwatch_server.store.sentinel import nonfinite_events
 
 Floats = npt.NDArray[np.float64]
 
@@ -141,6 +142,8 @@ def load_run_data(session: Session, run_id: str) -> RunData:
         weight_changes=changes,
         unit_means=unit_means,
         scalars=scalars,
-        # The client's sentinel reports of uncaptured steps are wired in separately.
-        sentinel_events=[],
+        sentinel_events=[
+            SentinelEvent(step=e.step, rank=e.rank, tensor=e.tensor, kind=e.kind, also=e.also)
+            for e in nonfinite_events(session, run_id)
+        ],
     )
