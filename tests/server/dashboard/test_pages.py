@@ -12,7 +12,7 @@ import re
 import httpx
 import numpy as np
 import pytest
-from batches import body, make_batch, new_id, scalars_block
+from batches import body, make_batch, new_id, scalars_block, stats_block
 from gallery import GalleryRuns
 
 pytestmark = pytest.mark.slow
@@ -87,6 +87,30 @@ def test_run_page_draws_charts_the_layer_table_and_the_model(
     page.wait_for_selector("#model div")
     assert "Linear" in page.inner_text("#model")
     screenshot(page, "run")
+
+
+def test_run_page_lists_findings_and_marks_the_layers_they_name(
+    open_page, live_server: str, api: httpx.Client
+) -> None:  # type: ignore[no-untyped-def]
+    run_id = new_id("r")
+    api.post("/runs", json={"id": run_id, "project": "dash", "name": "nan-at-5"})
+    nonfinite = [0, 0, 0, 0, 0, 3, 3, 3, 3, 3]
+    api.post(f"/runs/{run_id}/batches", content=body(make_batch(stats=[
+        stats_block("fc1", range(10), nonfinite=nonfinite, zero_frac=[0.1] * 10),
+        stats_block("fc2", range(10), zero_frac=[0.1] * 10),
+    ]))).raise_for_status()  # fmt: skip
+
+    page = open_page(live_server)
+    page.goto(f"{live_server}/runs/{run_id}")
+    page.wait_for_selector("#findings tr.finding.error")
+    row = page.locator("#findings tr.finding.error").first
+    assert row.locator("td:nth-child(2)").inner_text() == "nonfinite"
+    assert row.locator("td:nth-child(3)").inner_text() == "fc1"
+    assert "step 5" in row.locator("td:nth-child(5)").inner_text()
+    page.wait_for_selector("#layers tr.found")
+    assert page.locator("#layers tr.found").evaluate_all(
+        "(rows) => rows.map((r) => r.dataset.tensor)"
+    ) == ["fc1"]
 
 
 def test_run_page_says_which_layers_the_probes_left_out(

@@ -1,5 +1,6 @@
-/* Run page: header, scalar charts, the layer table, the probes (what they left out) and
- * the model tree; live while running. */
+/* Run page: header, the diagnosis's findings, scalar charts, the layer table (rows a
+ * finding names marked), the probes (what they left out) and the model tree; live while
+ * running. */
 "use strict";
 
 (() => {
@@ -89,7 +90,7 @@
         return LW.el("td", { class: `num${flag ? ` ${flag[0]}` : ""}`, title: flag ? flag[1] : undefined, text: LW.fmt(value) });
       };
       const href = `/runs/${encodeURIComponent(runId)}/layer${LW.query({ tensor: layer.name, kind: layer.kind })}`;
-      const tr = LW.el("tr", {},
+      const tr = LW.el("tr", { "data-tensor": layer.name, "data-kind": layer.kind },
         LW.el("td", { class: "num", text: String(index + 1) }),
         LW.el("td", {}, LW.el("a", { href, text: layer.name })),
         LW.el("td", { text: layer.kind }),
@@ -108,6 +109,7 @@
       body.append(tr);
     });
     LW.resort(layerTable);
+    markFound();
     if (!performance.getEntriesByName("lw:layers").length) performance.mark("lw:layers");
     return layers.length;
   }
@@ -126,6 +128,40 @@
         const params = module.params ? `  ${module.params.toLocaleString()} params` : "";
         box.append(LW.el("div", { text: `${"  ".repeat(depth)}${module.path}: ${module.type}${out}${params}` }));
       }
+    }
+  }
+
+  /* The server's diagnosis: a row per finding, most severe first, and the layer table's
+   * rows of the tensors a warning or an error names marked. */
+  let found = [];
+  async function loadFindings() {
+    found = (await LW.api(`${runPath}/findings`)).findings;
+    const body = document.querySelector("#findings tbody");
+    if (!found.length) {
+      body.replaceChildren(LW.el("tr", {}, LW.el("td", { colspan: 6, class: "muted", text: "No findings: nothing looks wrong in the stored data." })));
+    } else {
+      body.replaceChildren(...found.map((f) => {
+        const layer = f.tensor && f.tensor_kind
+          ? LW.el("a", { href: `${runPath}/layer${LW.query({ tensor: f.tensor, kind: f.tensor_kind })}`, text: f.tensor })
+          : (f.tensor || f.scalar || "–");
+        const steps = f.last_step !== null && f.last_step !== f.step ? `${f.step}–${f.last_step}` : String(f.step);
+        return LW.el("tr", { class: `finding ${f.severity}` },
+          LW.el("td", {}, LW.el("span", { class: `severity ${f.severity}`, text: f.severity })),
+          LW.el("td", {}, LW.el("code", { text: f.kind })),
+          LW.el("td", {}, layer),
+          LW.el("td", { class: "num", text: steps }),
+          LW.el("td", { text: f.message }),
+          LW.el("td", {}, f.view ? LW.el("a", { href: f.view, target: "_blank", rel: "noopener", text: "plot" }) : "–"));
+      }));
+    }
+    markFound();
+  }
+
+  function markFound() {
+    for (const row of layerTable.tBodies[0].rows) {
+      const named = found.filter((f) => f.severity !== "info" && f.tensor === row.dataset.tensor && f.tensor_kind === row.dataset.kind);
+      row.classList.toggle("found", named.length > 0);
+      row.title = named.map((f) => f.message).join("\n");
     }
   }
 
@@ -161,12 +197,12 @@
     await loadScalars();
     const tensors = await loadLayers();
     renderHead(run, tensors);
-    await Promise.all([loadProbes(), loadModel()]);
+    await Promise.all([loadFindings(), loadProbes(), loadModel()]);
     if (run.status === "running") {
       LW.live(runId, async (latest) => {
         await appendScalars();
         renderHead(latest, await loadLayers());
-        await loadProbes();
+        await Promise.all([loadFindings(), loadProbes()]);
       });
     }
   }
