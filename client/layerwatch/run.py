@@ -42,6 +42,7 @@ from layerwatch.delivery.queue import Buffer
 from layerwatch.delivery.spool.disk import open_run_spool
 from layerwatch.delivery.spool.files import resolve_spool_root
 from layerwatch.delivery.transport import make_client
+from layerwatch.delivery.verdict import ask_verdict
 from layerwatch.errors import ConfigError, RunClosedError
 from layerwatch.logs import OnceLog
 from layerwatch.options import (
@@ -556,8 +557,12 @@ class Run:
         self._delivery.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
         if self._owns_http:
             self._http.close()
+        # The server's verdict, when it just took everything (an `http=` of the caller's
+        # own, a mock say, is not asked: the run only sends through it).
+        delivered = self._flushed and not (self.counters.spooled or self.counters.dropped)
+        verdict = ask_verdict(self._server, self._id) if delivered and self._owns_http else None
         report(self.counters, run_id=self._id, status=status, flushed=self._flushed,
-               timeout=timeout, spool_root=self._spool_root)  # fmt: skip
+               timeout=timeout, spool_root=self._spool_root, verdict=verdict)  # fmt: skip
         return self._flushed
 
     def close(self, timeout: float | None = None) -> bool:

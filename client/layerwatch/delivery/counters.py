@@ -7,8 +7,12 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from layerwatch.logs import logger
+
+if TYPE_CHECKING:
+    from layerwatch.delivery.verdict import Verdict
 
 __all__ = ["Counters", "report"]
 
@@ -32,10 +36,13 @@ def report(
     flushed: bool,
     timeout: float,
     spool_root: Path | None,
+    verdict: Verdict | None = None,
 ) -> None:
-    """Log the summary line of a finished run: INFO when all went well, else WARNING;
-    printed to stderr when the program configured no logging (a script's last line)."""
+    """Log the summary line of a finished run, with the server's `verdict` when it gave
+    one: INFO when all went well, else WARNING; printed to stderr when the program
+    configured no logging (a script's last line)."""
     clean = flushed and not (counts.dropped or counts.failed_batches or counts.spooled)
+    clean = clean and (verdict is None or not (verdict.errors or verdict.warnings))
     replay = ""
     if counts.spooled and spool_root is not None:
         root = shlex.quote(str(spool_root))
@@ -52,6 +59,7 @@ def report(
         )
         + ("" if flushed else f" (sending timed out after {timeout:g}s)")
         + replay
+        + ("" if verdict is None else f"; {verdict}")
     )
     if logger.hasHandlers():
         logger.log(logging.INFO if clean else logging.WARNING, "%s", summary)
