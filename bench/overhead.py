@@ -5,7 +5,13 @@ workload (an MLP or a small CNN on synthetic data), attaches one logging mode,
 runs untimed warm-up steps, then times every training step. Each mode is
 paired with a baseline process (no logging) run next to it, the order
 alternating from pair to pair; the figure is the median over pairs of the
-ratio of the mode's step time to its baseline's.
+ratio of the mode's step time to its baseline's. Beside it: the ratio of the
+training process's CPU time per step (all its threads: the client's reducer and
+sender included, the server not) and its peak RSS.
+
+Every mode trains with the same loop, the one users write:
+`optimizer.zero_grad(set_to_none=True)`, forward, backward, `optimizer.step()`,
+then the loss logged as a float (`loss.item()`).
 
     python bench/overhead.py           # M and C, all modes, 5 pairs: about 25 minutes
     python bench/overhead.py --quick   # a smoke run of about two minutes
@@ -49,10 +55,12 @@ if TYPE_CHECKING:
     import torch
 
 FAMILIES = ("layerwatch", "layerwatch-step", "layerwatch-nosentinel", "wandb", "tensorboard")
-# layerwatch-step: `run.watch(model)` without the optimizer, and `run.step()` after each update
+# layerwatch: `run.watch(model, optimizer)`: the optimizer's step advances the run's step
+# layerwatch-step: `run.watch(model)` without the optimizer, and `run.step()` after each step
 # layerwatch-nosentinel: as layerwatch, with `sentinel=False` (no NaN/inf check on every step)
 PEERS = ("wandb", "tensorboard")
 TARGETS = {1: 1.30, 10: 1.03}  # layerwatch step time / baseline step time, by capture interval
+UNCAPTURED = 1000  # at this interval almost every step is uncaptured: its cost should be noise
 BLOCK = 10  # steps per timing block: one capture per block at every=1, 2, 5 or 10
 FULL_CAPTURE = ("activations", "weights", "gradients", "stats", "statistics", "histograms")
 BATCHES = 4  # synthetic batches, cycled
@@ -107,11 +115,11 @@ WORKLOADS = {
 class Tracker:
     """The baseline: logs nothing. Subclasses attach one logging library to the model."""
 
-    def log(self, step: int, loss: torch.Tensor) -> None:
-        """Called once per step, after backward and before the optimizer step."""
+    def log(self, step: int, loss: float) -> None:
+        """Called once per step, after the optimizer step, with the step's loss."""
 
     def stepped(self) -> None:
-        """Called once per step, after the optimizer step."""
+        """Called once per step, last."""
 
     def close(self) -> dict[str, Any]:
         """Called after the timed steps (untimed); returns figures for the report."""
@@ -145,7 +153,7 @@ class LayerwatchTracker(Tracker):
         if self.manual_steps:
             self.run.step()
 
-    def log(self, step: int, loss: torch.Tensor) -> None:
+    def log(self, step: int, loss: float) -> None:
         self.run.log({"loss": loss})
 
     def close(self) -> dict[str, Any]:
@@ -157,6 +165,7 @@ class LayerwatchTracker(Tracker):
             "sent": counters.sent,
             "dropped": counters.dropped,
             "failed_batches": counters.failed_batches,
+            "skipped_captures": getattr(counters, "skipped_captures", 0),
         }
 
 
@@ -189,7 +198,7 @@ class WandbTracker(Tracker):
         )  # fmt: skip
         self.run.watch(model, log="all", log_freq=every)
 
-    def log(self, step: int, loss: torch.Tensor) -> None:
+    def log(self, step: int, loss: float) -> None:
         self.run.log({"loss": loss})
 
     def close(self) -> dict[str, Any]:
@@ -222,7 +231,7 @@ class TensorBoardTracker(Tracker):
 
         return keep
 
-    def log(self, step: int, loss: torch.Tensor) -> None:
+    def log(self, step: int, loss: float) -> None:
         writer = self.writer
         writer.add_scalar("loss", loss, step)
         if step % self.every:
@@ -275,21 +284,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         tracker = TensorBoardTracker(model, args.every, directory)
 
     def train_step(step: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
         x, y = data[step % BATCHES]
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        tracker.log(step, loss)
         optimizer.step()
+        tracker.log(step, loss.item())
         tracker.stepped()
-        optimizer.zero_grad()
 
     for step in range(args.warmup):
         train_step(step)
     seconds = []
+    cpu_started = cpu_seconds()
     for step in range(args.warmup, args.warmup + args.steps):
         started = time.perf_counter()
         train_step(step)
         seconds.append(time.perf_counter() - started)
+    cpu = cpu_seconds() - cpu_started
     extra = tracker.close()
     blocks = [statistics.fmean(seconds[i : i + BLOCK]) for i in range(0, len(seconds), BLOCK)]
     return {
@@ -301,10 +312,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "median_ms": 1000 * statistics.median(seconds),
         "mean_ms": 1000 * statistics.fmean(seconds),
         "block_median_ms": 1000 * statistics.median(blocks),
+        "cpu_ms": 1000 * cpu / len(seconds),  # the process's CPU time (all threads) per step
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **extra,
     }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all its threads, user and system."""
+    times = os.times()
+    return times.user + times.system
 
 
 # -- the server, and running children ---------------------------------------------------
@@ -423,6 +441,17 @@ class Row:
         return statistics.median(self.ratios) if self.pairs else math.nan
 
     @property
+    def cpu_ratio(self) -> float:
+        """Median over pairs of the process CPU time per step, mode over baseline."""
+        ratios = [m["cpu_ms"] / b["cpu_ms"] for b, m in self.pairs if b.get("cpu_ms")]
+        return statistics.median(ratios) if ratios else math.nan
+
+    @property
+    def rss(self) -> float:
+        """Median peak RSS of the mode's processes, MB."""
+        return float(statistics.median(m["peak_rss_mb"] for _, m in self.pairs))
+
+    @property
     def ms(self) -> float:
         return float(statistics.median(m["block_median_ms"] for _, m in self.pairs))
 
@@ -431,8 +460,10 @@ class Row:
         """Why the layerwatch figures are not valid: records dropped or left unsent."""
         dropped = sum(m.get("dropped", 0) + m.get("failed_batches", 0) for _, m in self.pairs)
         unsent = sum(not m.get("flushed", True) for _, m in self.pairs)
+        skipped = sum(m.get("skipped_captures", 0) for _, m in self.pairs)
         found = [f"{dropped} records dropped"] if dropped else []
         found += [f"{unsent} runs not flushed"] if unsent else []
+        found += [f"{skipped} captures skipped"] if skipped else []
         return f"WARNING: {', '.join(found)}" if found else ""
 
 
@@ -469,28 +500,29 @@ def verdict(row: Row, rows: list[Row]) -> tuple[str, str]:
 
 def report(rows: list[Row]) -> str:
     table = [["workload", "mode", "every", "ms/step", "vs baseline", "pairs (min-max)",
-              "target", "met", "note"]]  # fmt: skip
+              "cpu ratio", "peak RSS MB", "target", "met", "note"]]  # fmt: skip
     for workload in dict.fromkeys(r.workload for r in rows):
-        baselines = [b["block_median_ms"] for r in rows if r.workload == workload
-                     for b, _ in r.pairs]  # fmt: skip
+        baselines = [b for r in rows if r.workload == workload for b, _ in r.pairs]
         if baselines:
-            ms = f"{statistics.median(baselines):.2f}"
-            table.append([workload, "baseline", "-", ms, "1.00", "-", "-", "-", ""])
+            ms = f"{statistics.median(b['block_median_ms'] for b in baselines):.2f}"
+            rss = f"{statistics.median(b['peak_rss_mb'] for b in baselines):.0f}"
+            table.append([workload, "baseline", "-", ms, "1.00", "-", "1.00", rss, "-", "-", ""])
         for row in (r for r in rows if r.workload == workload):
             if row.skipped or not row.pairs:
                 table.append([workload, row.mode.family, str(row.mode.every), "-", "-", "-",
-                              "-", "-", row.skipped or "not measured"])  # fmt: skip
+                              "-", "-", "-", "-", row.skipped or "not measured"])  # fmt: skip
                 continue
             target, met = verdict(row, rows)
             ratios = row.ratios
             note = row.warning
-            if note and met == "yes":
+            if note and met == "yes":  # records lost or captures skipped: not full capture
                 met = "no"
             table.append([
                 workload, row.mode.family, str(row.mode.every), f"{row.ms:.2f}",
-                f"{row.ratio:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}", target, met, note,
+                f"{row.ratio:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
+                f"{row.cpu_ratio:.2f}", f"{row.rss:.0f}", target, met, note,
             ])  # fmt: skip
-    return markdown(table, lambda i: i in (2, 3, 4, 5))
+    return markdown(table, lambda i: i in (2, 3, 4, 5, 6, 7))
 
 
 def installed(family: str) -> bool:
@@ -521,7 +553,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--workloads", default="M,C", help="comma-separated: M (MLP), C (CNN) (default M,C)")
     add("--modes", default=",".join(FAMILIES), help=f"comma-separated of {', '.join(FAMILIES)}")
-    add("--every", default="1,10", help="capture intervals in steps (default 1,10)")
+    add(
+        "--every",
+        default=f"1,10,{UNCAPTURED}",
+        help=f"capture intervals in steps (default 1,10,{UNCAPTURED})",
+    )
     add("--pairs", type=int, default=5, help="baseline/mode pairs per row (5)")
     add("--steps", type=int, default=100, help=f"timed steps per process, x{BLOCK} (100)")
     add("--warmup", type=int, default=20, help="untimed steps first (20)")

@@ -71,7 +71,7 @@ NEVER = 2**62
 """A sentinel's first step of a slot that did not turn non-finite; exact as a float64,
 like every step below 2**53."""
 
-SlotName = tuple[str, Literal["activation", "grad"]]
+SlotName = tuple[str, Literal["activation", "grad", "weight"]]
 """A tensor the sentinel checks: its name and kind."""
 
 

@@ -58,7 +58,7 @@ from layerwatch.options import (
 from layerwatch.probe.inputs import ProbeInputs
 from layerwatch.probe.prober import Prober
 from layerwatch.records import ScalarRecord, TensorMeta
-from layerwatch.reduce.worker import Reducer
+from layerwatch.reduce.worker import DEFAULT_MAX_PENDING_BYTES, Reducer
 
 __all__ = ["DEFAULT_SERVER", "Run"]
 
@@ -130,6 +130,10 @@ class Run:
       at least 100 batches), and drops them at exit.
     * **max_spool_bytes** - most bytes of unsent batches kept; the oldest are dropped
       beyond it. Defaults to 1 GiB.
+    * **max_copy_bytes** - most bytes of CPU tensor copies waiting for the reducer
+      thread (as much again is kept, free, for reuse). A capture that would start
+      with more waiting is skipped whole and counted in `counters.skipped_captures`.
+      Defaults to 32 MiB.
     * **http** - an `httpx.Client` to send with (e.g. one with a `MockTransport`); it is
       not closed by the run. By default the run makes one, sending
       `Authorization: Bearer $LAYERWATCH_TOKEN` when that variable is set.
@@ -153,10 +157,12 @@ class Run:
         http: httpx.Client | None = None,
         spool_dir: str | os.PathLike[str] | bool | None = True,
         max_spool_bytes: int = 2**30,
+        max_copy_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     ) -> None:
         self._every = check_count("every", every)
         check_count("max_queue", max_queue)
         check_count("max_spool_bytes", max_spool_bytes)
+        check_count("max_copy_bytes", max_copy_bytes)
         self._spool_root = resolve_spool_root(spool_dir)
         check_count("batch_size", batch_size)
         check_seconds(flush_secs=flush_secs, timeout=timeout, backoff=backoff)
@@ -195,7 +201,7 @@ class Run:
             tensors=self._tensors, flush_secs=flush_secs, batch_size=batch_size,
             backoff=backoff, open_spool=open_spool,
         )  # fmt: skip
-        self._reducer = Reducer(self._buffer.put, self._buffer.count_dropped)
+        self._reducer = Reducer(self._buffer.put, self._buffer.count_dropped, max_copy_bytes)
         self._clock = StepClock()
         self._models = ModelNames()
         self._log_once = OnceLog()
@@ -227,8 +233,13 @@ class Run:
     @property
     def counters(self) -> Counters:
         """Records sent, spooled (on disk, not yet sent) and dropped, batches given up,
-        and scalar values not sent because their step had one (`log()`)."""
-        return dataclasses.replace(self._delivery.counters, repeated=self._repeated)
+        scalar values not sent because their step had one (`log()`), and captures
+        skipped because the reducer was a whole bound of copies behind."""
+        return dataclasses.replace(
+            self._delivery.counters,
+            repeated=self._repeated,
+            skipped_captures=self._reducer.skipped_captures,
+        )
 
     @property
     def closed(self) -> bool:

@@ -415,10 +415,11 @@ class NonfiniteEvent(_Model):
     step: Step = Field(description="The step at which the tensor first held a NaN or inf.")
     tensor: Name = Field(
         description="The first tensor that fired at that step: activations in the order "
-        "their modules ran, then gradients in parameter order."
+        "their modules ran, then gradients, then weights, in parameter order."
     )
-    kind: Literal["activation", "grad"] = Field(
-        description="`activation` (a module's output) or `grad` (a parameter's gradient)."
+    kind: Literal["activation", "grad", "weight"] = Field(
+        description="`activation` (a module's output), `grad` (a parameter's gradient) or "
+        "`weight` (a parameter's weights, made non-finite by the update that ended `step`)."
     )
     also: list[Name] = Field(
         default_factory=list,

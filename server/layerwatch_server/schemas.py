@@ -274,10 +274,11 @@ class NonfiniteEventPublic(_Public):
     rank: int = Field(description="The process that saw it.")
     tensor: str = Field(
         description="The first tensor that turned at that step: activations in the order "
-        "their modules ran, then gradients in parameter order."
+        "their modules ran, then gradients, then weights, in parameter order."
     )
-    kind: Literal["activation", "grad"] = Field(
-        description="`activation` (a module's output) or `grad` (a parameter's gradient)."
+    kind: Literal["activation", "grad", "weight"] = Field(
+        description="`activation` (a module's output), `grad` (a parameter's gradient) or "
+        "`weight` (a parameter's weights, made non-finite by the update that ended `step`)."
     )
     also: list[str] = Field(description="Other tensors that turned at the same step, in order.")
 

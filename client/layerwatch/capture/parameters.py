@@ -10,7 +10,10 @@ reference to each step's gradient until `Run.step()`.) The step *post*-hook then
 gives the update-to-weight ratio of that one step.
 
 Weight change keeps two copies of every tracked parameter on its device: the
-weights when the model was watched and those of the previous capture.
+weights when the model was watched and those of the previous capture. The copies
+of CPU tensors are lent by the reducer's `SnapshotPool` and handed back as soon as
+their last reader is done: a gradient's and a weight's after their job, the
+previous capture's weights when the next capture replaces them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from layerwatch import wire
 from layerwatch.records import Record, SummaryRecord
 from layerwatch.reduce.statistics import Summarizer, Summary, relative_change
+from layerwatch.reduce.worker import Reducer
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -66,8 +70,10 @@ class ParamTracker:
         gradients: bool,
         weight_change: bool,
         follow_grads: bool,
+        reducer: Reducer,
     ) -> None:
         self._summarizer = summarizer
+        self._reducer = reducer
         self._emit = emit
         self._weights = weights
         self._gradients = gradients
@@ -99,17 +105,34 @@ class ParamTracker:
             handle.remove()
         self._handles.clear()
         self.capturing = False
-        self._after = None
+        self._drop_after()
+        states = list(self._states.values())
+
+        def job() -> list[Record]:  # after the jobs still reading the copies
+            for state in states:
+                self._reducer.release(state.prev)
+                state.prev = None
+            return []
+
+        self._reducer.submit(job, 0, 0)
 
     def skip_update(self) -> None:
         """Called before an update that is not captured: the weights kept after the last
         captured update are no longer the current ones."""
-        self._after = None
+        self._drop_after()
+
+    def _drop_after(self) -> None:
+        if self._after is not None:
+            self._reducer.release(*self._after[1].values())
+            self._after = None
 
     def before_step(self, step: int) -> None:
         """At captured step `step`, before its update: weights and gradients."""
-        after = self._after[1] if self._after is not None and self._after[0] == step - 1 else {}
-        self._after = None
+        after = {}
+        if self._after is not None and self._after[0] == step - 1:
+            after = dict(self._after[1])  # its hold passes to the weight snapshots below
+            self._after = None
+        self._drop_after()
         grads: list[tuple[str, torch.Tensor]] = []
         weights: list[tuple[str, _State, torch.Tensor]] = []
         with torch.no_grad():
@@ -118,26 +141,39 @@ class ParamTracker:
                     grad = state.param.grad if state.grad is None else state.grad
                     state.grad = None
                     if grad is not None:
-                        grads.append((name, _private(grad, keep=False)))
+                        grads.append((name, self._private(grad, keep=False)))
                 if self._weights:
-                    weight = after.get(name)
+                    weight = after.pop(name, None)
                     if weight is None:
-                        weight = _private(state.param, keep=self._change)
+                        weight = self._private(state.param, keep=self._change)
                     weights.append((name, state, weight))
-        summarizer, change, prefix = self._summarizer, self._change, self.prefix
+        self._reducer.release(*after.values())  # parameters no longer tracked
+        summarizer, change, prefix, release = (
+            self._summarizer, self._change, self.prefix, self._reducer.release
+        )  # fmt: skip
 
         def job(sync: bool) -> Iterable[Record]:
             records: list[Record] = []
-            for name, grad in grads:
-                summary = summarizer.summarize(grad, units=None, sync=sync)
-                records.append(SummaryRecord(step, prefix + name, "grad", grad.numel(), summary))
-            for name, state, weight in weights:
-                summary = summarizer.summarize(weight, units=None, sync=sync)
-                if change:
-                    records += _hold_weight(step, prefix + name, state, weight, summary)
-                else:
-                    numel = weight.numel()
-                    records.append(SummaryRecord(step, prefix + name, "weight", numel, summary))
+            try:
+                for name, grad in grads:
+                    summary = summarizer.summarize(grad, units=None, sync=sync)
+                    numel = grad.numel()
+                    records.append(SummaryRecord(step, prefix + name, "grad", numel, summary))
+                    release(grad)
+                for name, state, weight in weights:
+                    summary = summarizer.summarize(weight, units=None, sync=sync)
+                    if change:  # the snapshot is kept as `state.prev`; the old one goes
+                        old = state.prev
+                        records += _hold_weight(step, prefix + name, state, weight, summary)
+                        if old is not weight:
+                            release(old)
+                    else:
+                        numel = weight.numel()
+                        records.append(SummaryRecord(step, prefix + name, "weight", numel, summary))
+                        release(weight)
+            except BaseException:
+                release(*(g for _, g in grads), *(w for _, _, w in weights if not change))
+                raise
             return records
 
         hist = summarizer.bins is not None
@@ -154,16 +190,21 @@ class ParamTracker:
         afters: dict[str, torch.Tensor] = {}
         if updated:
             with torch.no_grad():
-                afters = {n: _private(s.param, keep=True) for n, s in self._states.items()}
+                afters = {n: self._private(s.param, keep=True) for n, s in self._states.items()}
+            for after in afters.values():
+                self._reducer.hold(after)  # one holder here, one in the job
             self._after = (step, afters)
-        states, prefix = self._states, self.prefix
+        states, prefix, release = self._states, self.prefix, self._reducer.release
 
         def job(sync: bool) -> Iterable[Record]:
-            return [
-                _pending_record(prefix + name, state, afters.get(name))
-                for name, state in states.items()
-                if state.pending is not None
-            ]
+            try:
+                return [
+                    _pending_record(prefix + name, state, afters.get(name))
+                    for name, state in states.items()
+                    if state.pending is not None
+                ]
+            finally:
+                release(*afters.values())
 
         self._emit_grouped(list(afters.values()), job, 0)
 
@@ -173,6 +214,17 @@ class ParamTracker:
         devices = {t.device for t in tensors} or {s.param.device for s in self._states.values()}
         device = devices.pop() if len(devices) == 1 else torch.device("meta")
         self._emit(device, job, rows, sum(t.nbytes for t in tensors))
+
+    def _private(self, tensor: torch.Tensor, *, keep: bool) -> torch.Tensor:
+        """`tensor` detached, copied when training could change it before the reduction
+        reads it: always on the CPU, where the reduction runs later on another thread
+        (into a buffer lent by the pool); on accelerators, whose stream orders the
+        reduction before any later in-place change, only when it is kept (weights kept
+        for weight change)."""
+        tensor = tensor.detach()
+        if tensor.device.type == "cpu":
+            return self._reducer.snapshot(tensor)
+        return tensor.clone() if keep else tensor
 
     def _make_grad_hook(self, state: _State) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
@@ -213,12 +265,3 @@ def _pending_record(name: str, state: _State, after: torch.Tensor | None) -> Sum
         ratio = relative_change(after, before, summary.stats[_L2]).reshape(1)  # l2 of before
     change = torch.cat([changes.to(torch.float32), ratio.to(torch.float32)])
     return SummaryRecord(step, name, "weight", before.numel(), summary, change)
-
-
-def _private(tensor: torch.Tensor, *, keep: bool) -> torch.Tensor:
-    """`tensor` detached, copied when training could change it before the reduction
-    reads it: always on the CPU, where the reduction runs later on another thread;
-    on accelerators, whose stream orders the reduction before any later in-place
-    change, only when it is kept (weights kept for weight change)."""
-    tensor = tensor.detach()
-    return tensor.clone() if keep or tensor.device.type == "cpu" else tensor

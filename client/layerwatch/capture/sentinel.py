@@ -16,24 +16,41 @@ keeps on the tensors' device, per tensor ("slot"):
   went from finite to non-finite (`NEVER`: none).
 
 A tensor is finite when its minimum and maximum are: both are NaN if any element
-is, and -inf or inf if any element is. `torch.aminmax` is one reduction; on the
-CPU it is more than ten times faster than `torch.isfinite(t).all()`, which makes
-a bool per element first. Nothing is read back on the training thread: the
-checks and the fold at the end of each step are a few small kernels queued on
-the device. At each captured step
+is, and -inf or inf if any element is. `torch.aminmax` is one reduction, far
+cheaper than `torch.isfinite(t).all()`, which makes a bool per element first.
+Nothing is read back on the training thread: the checks and the fold at the end
+of each step are a few small kernels queued on the device.
+
+CPU tensors take a host path instead: there is no device to wait for, so a value
+read back costs only the read, while each small kernel costs a dispatch. A CPU
+tensor is finite when its sum is (one pass, the cheapest reduction; a sum that
+overflows is confirmed element by element), and the bookkeeping is a few Python
+sets. Gradients are not summed on every step there: that pass over every
+gradient cost 1.5 % of a small MLP's step on the training thread, more than all
+the module outputs together. A non-finite gradient reaches the weights at the
+update and the next step's outputs from there; when an output turns non-finite,
+the host path looks at the weights once, and weights found non-finite are
+reported as turned at the previous step's update (`kind="weight"`), ahead of the
+outputs they poisoned. A gradient that never reaches the weights (an update that
+mixed precision's loss scaler skips, say) is, rightly, not an incident there.
+In a step whose outputs went unchecked (inside a `torch.compile` graph, or with
+`activations=False`) the CPU gradients are checked after all.
+At each captured step
 (and at `flush()` and `remove()`) `first` is handed over as a `NonfiniteRecord`
 and starts again; the spooler thread reads it back with the batch's one copy
 and turns it into a `wire.NonfiniteEvent` (see `layerwatch.delivery.batching`).
 A tensor staying non-finite is reported once, when it turns; again only after a
 finite step.
 
-Slots: activations in the order their modules first ran, then gradients in
-parameter order: the order in which `NonfiniteEvent.tensor` and `also` are chosen.
+Slots: activations in the order their modules first ran, then gradients, then
+weights, in parameter order: the order in which `NonfiniteEvent.tensor` and
+`also` are chosen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +59,10 @@ from layerwatch.records import NEVER, NonfiniteRecord, SlotName
 from layerwatch.reduce.statistics import first_float_tensor
 
 __all__ = ["Sentinel"]
+
+HOST_DEVICES = frozenset({"cpu"})
+"""Device types checked on the host path (the tests empty it to run the device path on
+the CPU)."""
 
 
 @dataclass
@@ -56,17 +77,41 @@ class _DeviceState:
     highs: list[torch.Tensor] = field(default_factory=list)
 
 
+@dataclass
+class _HostState:
+    """`_DeviceState` for CPU tensors, kept in Python."""
+
+    bad: set[int] = field(default_factory=set)  # slots non-finite in the current step
+    fired: set[int] = field(default_factory=set)  # slots non-finite at their last step
+    first: dict[int, int] = field(default_factory=dict)  # slot -> step it turned
+    weighed: bool = False  # the weights were looked at in the current step
+    weights: set[int] = field(default_factory=set)  # weight slots non-finite when last looked
+    turned: set[int] = field(default_factory=set)  # of those, the ones new this step
+    outputs: bool = False  # a module output was checked in the current step
+
+
 class Sentinel:
     """The non-finite checks of one `Watch`; its methods are called on the training
     thread and never wait for the device."""
 
-    def __init__(self, activations: int, params: Sequence[tuple[str, torch.nn.Parameter]]) -> None:
+    def __init__(
+        self,
+        activations: int,
+        params: Sequence[tuple[str, torch.nn.Parameter]],
+        *,
+        grads: bool = True,
+    ) -> None:
+        """`activations` slots for module outputs; `params` have their gradients checked
+        (on accelerators, when `grads`) and their weights looked at (on the CPU)."""
         self._activations = activations  # slots reserved for module outputs
         self._params = list(params)
+        self._grads = grads
         self._slots: dict[str, int] = {}  # module name -> slot, in the order first run
         self._names: list[SlotName | None] = [None] * activations
         self._names += [(name, "grad") for name, _ in self._params]
+        self._names += [(name, "weight") for name, _ in self._params]
         self._states: dict[torch.device, _DeviceState] = {}
+        self._host: _HostState | None = None  # CPU tensors
         # Checks kept before folding: a loop that never ends a step must not grow them.
         self._max_pending = 4 * len(self._names) + 16
 
@@ -89,14 +134,30 @@ class Sentinel:
             self._check(slot, tensor)
 
     def check_grads(self) -> None:
-        """Called at the optimizer step (or `Run.step()`): the parameters' gradients."""
+        """Called at the optimizer step (or `Run.step()`): the parameters' gradients, on
+        accelerators (see the module's docstring for the CPU)."""
+        if not self._grads:
+            return
+        skip_host = self._host is not None and self._host.outputs
         for index, (_, param) in enumerate(self._params):
             grad = param.grad
-            if grad is not None and grad.is_floating_point() and grad.numel():
+            if grad is None or (skip_host and grad.device.type in HOST_DEVICES):
+                continue
+            if grad.is_floating_point() and grad.numel():
                 self._check(self._activations + index, grad)
 
     def end_step(self, step: int) -> None:
         """Called when step `step` ends: fold its checks into `fired` and `first`."""
+        host = self._host
+        if host is not None:
+            host.outputs = False
+        if host is not None and (host.bad or host.fired):
+            for slot in host.bad - host.fired:
+                host.first.setdefault(slot, step)
+            for slot in host.turned:  # at the update that ended the step before
+                host.first.setdefault(slot, max(step - 1, 0))
+            host.fired, host.bad = host.bad, set()
+            host.turned, host.weighed = set(), False
         for state in self._states.values():
             if not state.touched:
                 continue
@@ -109,6 +170,17 @@ class Sentinel:
             state.finite.fill_(True)
 
     def _check(self, slot: int, tensor: torch.Tensor) -> None:
+        if tensor.device.type in HOST_DEVICES:
+            host = self._host
+            if host is None:
+                host = self._host = _HostState()  # the run has CPU tensors: `read` reports them
+            if slot < self._activations:
+                host.outputs = True
+            if not _finite_on_host(tensor):
+                if slot not in host.fired and not host.weighed:
+                    self._weigh(host)
+                host.bad.add(slot)
+            return
         state = self._state(tensor.device)
         state.touched = True
         low, high = torch.aminmax(tensor.detach())  # one reduction; kernels only
@@ -117,6 +189,19 @@ class Sentinel:
         state.highs.append(high)
         if len(state.slots) > self._max_pending:
             self._fold(state)
+
+    def _weigh(self, host: _HostState) -> None:
+        """An output turned non-finite: which CPU weights are (once per step)."""
+        host.weighed = True
+        first = self._activations + len(self._params)
+        bad = {
+            first + index
+            for index, (_, param) in enumerate(self._params)
+            if param.device.type in HOST_DEVICES and param.is_floating_point()
+            and param.numel() and not _finite_on_host(param)
+        }  # fmt: skip
+        host.turned = bad - host.weights
+        host.weights = bad
 
     @staticmethod
     def _fold(state: _DeviceState) -> None:
@@ -139,11 +224,23 @@ class Sentinel:
                 start = i
         state.slots, state.lows, state.highs = [], [], []
 
+    def report(self, prefix: str, put: Callable[[NonfiniteRecord], object]) -> None:
+        """`put` what `read` hands over, if anything."""
+        record = self.read(prefix)
+        if record is not None:
+            put(record)
+
     def read(self, prefix: str) -> NonfiniteRecord | None:
         """Hand over what was seen since the last read, and start again."""
-        if not self._states:
+        if not self._states and self._host is None:
             return None
         firsts = []
+        if self._host is not None:
+            first = torch.full((len(self._names),), NEVER, dtype=torch.int64)
+            for slot, step in self._host.first.items():
+                first[slot] = step
+            self._host.first = {}
+            firsts.append(first)
         for state in self._states.values():
             firsts.append(state.first.clone())  # ordered before the fill on its stream
             state.first.fill_(NEVER)
@@ -161,3 +258,12 @@ class Sentinel:
             )
             self._states[device] = state
         return state
+
+
+def _finite_on_host(tensor: torch.Tensor) -> bool:
+    """Whether CPU `tensor` holds only finite values: its sum is finite (NaN and inf
+    make it so), or, when the sum overflowed, every element is."""
+    with torch.no_grad():
+        if math.isfinite(tensor.detach().sum().item()):
+            return True
+        return bool(torch.isfinite(tensor.detach()).all().item())

@@ -102,6 +102,10 @@ class Watch:
         self._removed = False
         self._step = clock.step
         self._capturing = clock.step % every == 0
+        # CPU bytes copied for the reducer by the capture in progress, and by the last
+        # whole one: what the next capture is expected to need (see `_on_step`).
+        self._copied = 0
+        self._capture_bytes = 0
         self._seen: set[str] = set()  # modules recorded at this step: one record per step
         self._read = False  # parameters read at this step (an optimizer may step again)
         self._recorded = False  # anything captured yet
@@ -117,14 +121,15 @@ class Watch:
             params, summarizer=self._summarizer, emit=self._emit,
             weights=options.weights, gradients=options.gradients,
             weight_change=options.weight_change, follow_grads=optimizer is None,
+            reducer=reducer,
         )  # fmt: skip
         self._params.capturing = self._capturing
         self._params.prefix = self._prefix
         self._tree = TreeRecorder(model, self._put_tree)
         self._sentinel: Sentinel | None = None
         if options.sentinel:
-            checked = params if options.gradients else []
-            self._sentinel = Sentinel(len(modules) if options.activations else 0, checked)
+            activations = len(modules) if options.activations else 0
+            self._sentinel = Sentinel(activations, params, grads=options.gradients)
         self._handles = []
         if options.activations:
             self._handles = [
@@ -266,8 +271,15 @@ class Watch:
     def _on_step(self, step: int) -> None:
         """Called by the run when the step advances (optimizer step or `run.step()`)."""
         self._end_sentinel_step()
+        if self._copied:
+            self._capture_bytes, self._copied = self._copied, 0
         self._step = step
         self._capturing = self._enabled and not self._removed and step % self._every == 0
+        if self._capturing and not self._reducer.has_room(self._capture_bytes):
+            # The reducer is a whole bound of copies behind: skip this capture whole
+            # rather than pile up copies or lose some of its records.
+            self._capturing = False
+            self._reducer.count_skipped()
         self._params.capturing = self._capturing
         self._read = False
         if self._seen:
@@ -303,12 +315,7 @@ class Watch:
         """Called at each captured step, at `Run.flush()` and at `remove()`: queue what
         the sentinel saw since its last report (read back on the spooler thread)."""
         if self._sentinel is not None:
-            self._guard_sentinel(self._put_nonfinite, self._sentinel)
-
-    def _put_nonfinite(self, sentinel: Sentinel) -> None:
-        record = sentinel.read(self._prefix)
-        if record is not None:
-            self._put(record)
+            self._guard_sentinel(self._sentinel.report, self._prefix, self._put)
 
     def _guard_sentinel(self, function: Callable[..., object], *args: object) -> None:
         try:
@@ -367,11 +374,15 @@ class Watch:
         units = unit_dim(tensor.shape, module) if self._options.unit_means else None
         step, numel, summarizer = self._step, tensor.numel(), self._summarizer
         snapshot = tensor.detach()
-        if snapshot.device.type == "cpu":
-            snapshot = snapshot.clone()  # reduced later, on the reducer thread
+        if snapshot.device.type == "cpu":  # reduced later, on the reducer thread
+            snapshot = self._reducer.snapshot(snapshot)
+        release = self._reducer.release
 
         def job(sync: bool) -> Iterable[Record]:
-            summary = summarizer.summarize(snapshot, units=units, sync=sync)
+            try:
+                summary = summarizer.summarize(snapshot, units=units, sync=sync)
+            finally:
+                release(snapshot)
             return [SummaryRecord(step, name, "activation", numel, summary)]
 
         rows = 1 + (summarizer.bins is not None) + (units is not None)
@@ -387,6 +398,7 @@ class Watch:
         """Run `job` inline on accelerators (kernels queue up, nothing waits), or on the
         reducer thread for CPU tensors."""
         if device.type == "cpu":
+            self._copied += nbytes
             self._reducer.submit(lambda: job(True), nbytes, rows)
         else:
             for record in job(False):

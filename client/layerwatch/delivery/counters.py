@@ -26,6 +26,7 @@ class Counters:
     failed_batches: int  # batches given up
     spooled: int = 0  # records on disk awaiting delivery (by this process or `layerwatch sync`)
     repeated: int = 0  # scalar values not sent: logged again at a step that had a value
+    skipped_captures: int = 0  # captures not taken: the reducer was a whole bound behind
 
 
 def report(
@@ -55,6 +56,12 @@ def report(
             f"; {counts.repeated} repeated scalar values not sent (a scalar keeps its first "
             "value per step)"
             if counts.repeated
+            else ""
+        )
+        + (
+            f"; {counts.skipped_captures} captures skipped (the reducer fell behind: "
+            "capture less often)"
+            if counts.skipped_captures
             else ""
         )
         + ("" if flushed else f" (sending timed out after {timeout:g}s)")

@@ -5,9 +5,13 @@ it inline. On the CPU the same reduction would run on the training thread and ad
 its whole cost to the step; instead the hook takes a private copy of the tensor (a
 memcpy, far cheaper than the reduction) and hands it to this thread, which runs
 the reduction in parallel with training (PyTorch releases the GIL inside its
-operators). The copies waiting here are bounded in bytes: past the bound, new work
-is dropped and its rows counted, so a slow reducer never grows memory or blocks
-training.
+operators). The copies come from a `SnapshotPool`, so a steady run reuses the same
+buffers instead of mapping fresh memory at every capture.
+
+The copies waiting here are bounded in bytes. A watch asks `has_room` before it
+starts a capture and skips the whole capture (counting it) when the reducer is
+that far behind, so what is stored is a consistent subsample of steps, never a
+random loss of records. A slow reducer never grows memory or blocks training.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 
+import torch
+
 from layerwatch.logs import logger
 from layerwatch.records import Record
+from layerwatch.reduce.pool import SnapshotPool
 
 __all__ = ["DEFAULT_MAX_PENDING_BYTES", "Job", "Reducer"]
 
 
-DEFAULT_MAX_PENDING_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_PENDING_BYTES = 32 * 1024 * 1024
+"""Copies that may wait for the reducer; as much again may wait, free, in the pool."""
 Job = Callable[[], Iterable[Record]]
 """Work for the reducer: computes records from tensors it alone holds."""
 
@@ -47,20 +55,45 @@ class Reducer:
         self._pending_bytes = 0
         self._submitted = 0
         self._done = 0
+        self.skipped_captures = 0  # captures skipped because the copies waiting filled the bound
         self._idle = threading.Condition()
         self._closed = False
         self._failed = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self.pool = SnapshotPool(max_pending_bytes)
+
+    def snapshot(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A private copy of CPU `tensor` for a job; the job hands it back with `release`."""
+        return self.pool.copy(tensor)
+
+    def hold(self, tensor: torch.Tensor) -> None:
+        """One more holder of a snapshot: it returns to the pool at its last `release`."""
+        self.pool.hold(tensor)
+
+    def release(self, *tensors: torch.Tensor | None) -> None:
+        """Hand snapshots back to the pool (tensors not from it are ignored)."""
+        self.pool.release(*tensors)
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether a capture holding `nbytes` of copies fits beside the work waiting now.
+        Always True when nothing waits: one capture may exceed the bound on its own."""
+        pending = self._pending_bytes
+        return not self._closed and (not pending or pending + nbytes <= self._max_pending_bytes)
+
+    def count_skipped(self) -> None:
+        """Count a capture that a watch skipped because `has_room` said no."""
+        self.skipped_captures += 1
 
     def submit(self, job: Job, nbytes: int, rows: int) -> bool:
         """Queue `job` (holding `nbytes` of tensor copies, making `rows` rows); never blocks.
 
-        Returns False, counting `rows` as dropped, when the pending copies would pass
-        the bound or the reducer is closed.
+        The bound is kept by `has_room`, asked before a capture starts: a capture once
+        started is reduced whole (the copies waiting pass the bound by one capture at
+        most), since half a capture is worth less than none. Returns False, counting
+        `rows` as dropped, only when the reducer is closed.
         """
-        pending = self._pending_bytes
-        if self._closed or (pending and pending + nbytes > self._max_pending_bytes):
+        if self._closed:
             self._count_dropped(rows)
             return False
         if self._thread is None:

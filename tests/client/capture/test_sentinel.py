@@ -14,11 +14,19 @@ from torch import nn
 
 import layerwatch
 from layerwatch import wire
+from layerwatch.capture import sentinel
 
 if TYPE_CHECKING:
     from tests.client.conftest import FakeServer
 
 MakeRun = Callable[..., layerwatch.Run]
+
+
+@pytest.fixture(params=["host", "device"])
+def both_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a test on the CPU host path and on the device path (on CPU tensors)."""
+    if request.param == "device":
+        monkeypatch.setattr(sentinel, "HOST_DEVICES", frozenset())
 
 
 class Spike(nn.Module):
@@ -63,6 +71,7 @@ def _train(
         optimizer.zero_grad()
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_a_nan_between_captures_is_reported_with_its_step_and_layer(
     server: FakeServer, make_run: MakeRun
 ) -> None:
@@ -84,9 +93,10 @@ def test_a_nan_between_captures_is_reported_with_its_step_and_layer(
     assert server.stats()[("0", "activation")][50]["nonfinite"] == 8 * 8  # all NaN by 50
 
 
-def test_a_gradient_alone_turning_infinite_is_reported(
-    server: FakeServer, make_run: MakeRun
+def test_a_gradient_alone_turning_infinite_is_reported_on_accelerators(
+    server: FakeServer, make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(sentinel, "HOST_DEVICES", frozenset())  # the device path
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     run = make_run()
@@ -100,6 +110,33 @@ def test_a_gradient_alone_turning_infinite_is_reported(
     assert len(events) == 1
 
 
+@pytest.mark.parametrize("optimizer_given", [True, False])
+def test_on_the_cpu_a_gradient_is_found_through_the_weights_it_poisoned(
+    server: FakeServer, make_run: MakeRun, optimizer_given: bool
+) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = make_run()
+    run.watch(model, optimizer if optimizer_given else None, every=10)
+    torch.manual_seed(0)
+    for step in range(20):
+        loss = model(torch.randn(8, 4)).square().mean()
+        loss.backward()
+        if step == 13:
+            model[0].weight.grad[0, 0] = torch.inf  # type: ignore[index]
+        optimizer.step()
+        optimizer.zero_grad()
+        if not optimizer_given:
+            run.step()
+    assert run.flush(5)
+    # Step 13's update made the first layer's weights infinite; step 14's outputs
+    # turned, and the weights are named as the origin, at the update of step 13.
+    events = server.nonfinite()
+    assert events[0] == wire.NonfiniteEvent(step=13, tensor="0.weight", kind="weight")
+    assert len(events) == 1
+
+
+@pytest.mark.usefixtures("both_paths")
 def test_healthy_training_sends_no_event_and_leaves_the_field_out(
     server: FakeServer, make_run: MakeRun
 ) -> None:
@@ -133,6 +170,7 @@ def test_sentinel_false_sends_nothing(server: FakeServer, make_run: MakeRun) -> 
         run.watch(nn.Linear(2, 2), sentinel="no")  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_an_incident_after_recovery_is_reported_again_and_a_lasting_one_once(
     server: FakeServer, make_run: MakeRun
 ) -> None:
@@ -160,6 +198,7 @@ class Twice(nn.Module):
         return self.shared(self.spike(self.shared(x)))
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_a_module_called_twice_fires_when_either_call_does(
     server: FakeServer, make_run: MakeRun
 ) -> None:
