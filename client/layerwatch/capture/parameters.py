@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from layerwatch import wire
+from layerwatch.capture.sharing import ShareGate
 from layerwatch.records import Record, SummaryRecord
 from layerwatch.reduce.statistics import Summarizer, Summary, relative_change
 from layerwatch.reduce.worker import Reducer
@@ -55,6 +56,10 @@ class _State:
     init_norm: torch.Tensor | None = None
     pending: tuple[int, torch.Tensor, Summary, torch.Tensor] | None = None
     grad: torch.Tensor | None = None  # without an optimizer: this step's gradient
+    # The last update ratio, ||after - before|| / ||before||, with its two tensors: at
+    # every=1, `after` is the next capture's weights and `before` its `prev`, and the
+    # ratio is its change since the previous capture (a pass over both saved).
+    ratio: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class ParamTracker:
@@ -74,6 +79,7 @@ class ParamTracker:
     ) -> None:
         self._summarizer = summarizer
         self._reducer = reducer
+        self._sharing = ShareGate()  # gradients the reducer may read without a copy
         self._emit = emit
         self._weights = weights
         self._gradients = gradients
@@ -133,7 +139,9 @@ class ParamTracker:
             after = dict(self._after[1])  # its hold passes to the weight snapshots below
             self._after = None
         self._drop_after()
-        grads: list[tuple[str, torch.Tensor]] = []
+        states = self._states
+        self._sharing.judge(lambda name: states[name].param.grad)
+        grads: list[tuple[str, torch.Tensor, int | None]] = []  # name, tensor, version if shared
         weights: list[tuple[str, _State, torch.Tensor]] = []
         with torch.no_grad():
             for name, state in self._states.items():
@@ -141,7 +149,7 @@ class ParamTracker:
                     grad = state.param.grad if state.grad is None else state.grad
                     state.grad = None
                     if grad is not None:
-                        grads.append((name, self._private(grad, keep=False)))
+                        grads.append(self._grad_for_reducer(name, grad))
                 if self._weights:
                     weight = after.pop(name, None)
                     if weight is None:
@@ -151,15 +159,19 @@ class ParamTracker:
         summarizer, change, prefix, release = (
             self._summarizer, self._change, self.prefix, self._reducer.release
         )  # fmt: skip
+        hist = summarizer.bins is not None
 
         def job(sync: bool) -> Iterable[Record]:
             records: list[Record] = []
             try:
-                for name, grad in grads:
+                for name, grad, version in grads:
                     summary = summarizer.summarize(grad, units=None, sync=sync)
+                    release(grad)
+                    if not self._sharing.intact(name, grad, version):
+                        self._reducer.count_dropped(1 + hist)
+                        continue
                     numel = grad.numel()
                     records.append(SummaryRecord(step, prefix + name, "grad", numel, summary))
-                    release(grad)
                 for name, state, weight in weights:
                     summary = summarizer.summarize(weight, units=None, sync=sync)
                     if change:  # the snapshot is kept as `state.prev`; the old one goes
@@ -172,13 +184,12 @@ class ParamTracker:
                         records.append(SummaryRecord(step, prefix + name, "weight", numel, summary))
                         release(weight)
             except BaseException:
-                release(*(g for _, g in grads), *(w for _, _, w in weights if not change))
+                release(*(g for _, g, _ in grads), *(w for _, _, w in weights if not change))
                 raise
             return records
 
-        hist = summarizer.bins is not None
         rows = len(grads) * (1 + hist) + len(weights) * (1 + hist + change)
-        self._emit_grouped([t for _, t in grads] + [w for _, _, w in weights], job, rows)
+        self._emit_grouped([g for _, g, _ in grads] + [w for _, _, w in weights], job, rows)
         self._awaiting_update = change
 
     def after_step(self, step: int, *, updated: bool = True) -> None:
@@ -215,6 +226,14 @@ class ParamTracker:
         device = devices.pop() if len(devices) == 1 else torch.device("meta")
         self._emit(device, job, rows, sum(t.nbytes for t in tensors))
 
+    def _grad_for_reducer(
+        self, name: str, grad: torch.Tensor
+    ) -> tuple[str, torch.Tensor, int | None]:
+        """`grad`, shared or copied for the reducer (see `capture.sharing`)."""
+        if grad.device.type != "cpu":
+            return name, grad.detach(), None
+        return name, *self._sharing.hand_over(name, grad, self._reducer.snapshot)
+
     def _private(self, tensor: torch.Tensor, *, keep: bool) -> torch.Tensor:
         """`tensor` detached, copied when training could change it before the reduction
         reads it: always on the CPU, where the reduction runs later on another thread
@@ -244,10 +263,14 @@ def _hold_weight(
     if state.init_norm is None:
         state.init_norm = torch.linalg.vector_norm(state.init.to(torch.float32))
     since_init = relative_change(weight, state.init, state.init_norm)
+    last = state.ratio
     if state.prev is None:
         since_prev = torch.full_like(since_init, _NAN)
+    elif last is not None and last[0] is weight and last[1] is state.prev:
+        since_prev = last[2].reshape(())
     else:
         since_prev = relative_change(weight, state.prev, state.prev_norm)
+    state.ratio = None
     state.prev, state.prev_norm = weight, summary.stats[_L2]
     state.pending = (step, weight, summary, torch.stack([since_prev, since_init]))
     return records
@@ -263,5 +286,6 @@ def _pending_record(name: str, state: _State, after: torch.Tensor | None) -> Sum
         ratio = torch.full((1,), _NAN, device=before.device)
     else:
         ratio = relative_change(after, before, summary.stats[_L2]).reshape(1)  # l2 of before
+        state.ratio = (after, before, ratio)
     change = torch.cat([changes.to(torch.float32), ratio.to(torch.float32)])
     return SummaryRecord(step, name, "weight", before.numel(), summary, change)

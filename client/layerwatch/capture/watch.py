@@ -21,6 +21,7 @@ from layerwatch.capture.eager import eager
 from layerwatch.capture.model_tree import TreeRecorder
 from layerwatch.capture.parameters import ParamTracker
 from layerwatch.capture.sentinel import Sentinel
+from layerwatch.capture.sharing import ShareGate
 from layerwatch.logs import logger
 from layerwatch.options import CaptureOptions
 from layerwatch.probe.prober import Prober
@@ -106,6 +107,7 @@ class Watch:
         # whole one: what the next capture is expected to need (see `_on_step`).
         self._copied = 0
         self._capture_bytes = 0
+        self._sharing = ShareGate()  # module outputs the reducer may read without a copy
         self._seen: set[str] = set()  # modules recorded at this step: one record per step
         self._read = False  # parameters read at this step (an optimizer may step again)
         self._recorded = False  # anything captured yet
@@ -271,15 +273,13 @@ class Watch:
     def _on_step(self, step: int) -> None:
         """Called by the run when the step advances (optimizer step or `run.step()`)."""
         self._end_sentinel_step()
+        self._sharing.judge()  # outputs captured in the step that ended
         if self._copied:
             self._capture_bytes, self._copied = self._copied, 0
         self._step = step
         self._capturing = self._enabled and not self._removed and step % self._every == 0
-        if self._capturing and not self._reducer.has_room(self._capture_bytes):
-            # The reducer is a whole bound of copies behind: skip this capture whole
-            # rather than pile up copies or lose some of its records.
-            self._capturing = False
-            self._reducer.count_skipped()
+        if self._capturing and not self._reducer.admit(self._capture_bytes):
+            self._capturing = False  # skipped whole (and counted): the reducer is behind
         self._params.capturing = self._capturing
         self._read = False
         if self._seen:
@@ -373,20 +373,23 @@ class Watch:
             self._tensors[key] = (module_type, tuple(tensor.shape), dtype)
         units = unit_dim(tensor.shape, module) if self._options.unit_means else None
         step, numel, summarizer = self._step, tensor.numel(), self._summarizer
-        snapshot = tensor.detach()
+        snapshot, version = tensor.detach(), None
         if snapshot.device.type == "cpu":  # reduced later, on the reducer thread
-            snapshot = self._reducer.snapshot(snapshot)
-        release = self._reducer.release
+            snapshot, version = self._sharing.hand_over(module_name, tensor, self._reducer.snapshot)
+        reducer, sharing = self._reducer, self._sharing
+        rows = 1 + (summarizer.bins is not None) + (units is not None)
 
         def job(sync: bool) -> Iterable[Record]:
             try:
                 summary = summarizer.summarize(snapshot, units=units, sync=sync)
             finally:
-                release(snapshot)
+                reducer.release(snapshot)
+            if not sharing.intact(module_name, snapshot, version):
+                reducer.count_dropped(rows)
+                return []
             return [SummaryRecord(step, name, "activation", numel, summary)]
 
-        rows = 1 + (summarizer.bins is not None) + (units is not None)
-        self._emit(snapshot.device, job, rows, snapshot.nbytes)
+        self._emit(snapshot.device, job, rows, snapshot.nbytes)  # held, shared or copied
 
     def _emit(
         self,
@@ -398,7 +401,7 @@ class Watch:
         """Run `job` inline on accelerators (kernels queue up, nothing waits), or on the
         reducer thread for CPU tensors."""
         if device.type == "cpu":
-            self._copied += nbytes
+            self._copied += nbytes  # held for the reducer: copies, or tensors it shares
             self._reducer.submit(lambda: job(True), nbytes, rows)
         else:
             for record in job(False):

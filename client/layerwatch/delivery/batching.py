@@ -287,6 +287,10 @@ def _to_host(tensors: list[torch.Tensor]) -> _Host:
         by_device.setdefault(tensor.device, []).append(tensor)
     host: _Host = {}
     for device, group in by_device.items():
+        if device.type == "cpu":  # no copy to make: one C call per tensor, no float64 cast
+            for tensor in group:
+                host[id(tensor)] = tensor.reshape(-1).tolist()
+            continue
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in group])  # (sum of numel,)
         values: list[float] = flat.tolist()

@@ -8,7 +8,7 @@ the reduction in parallel with training (PyTorch releases the GIL inside its
 operators). The copies come from a `SnapshotPool`, so a steady run reuses the same
 buffers instead of mapping fresh memory at every capture.
 
-The copies waiting here are bounded in bytes. A watch asks `has_room` before it
+The copies waiting here are bounded in bytes. A watch asks `admit` before it
 starts a capture and skips the whole capture (counting it) when the reducer is
 that far behind, so what is stored is a consistent subsample of steps, never a
 random loss of records. A slow reducer never grows memory or blocks training.
@@ -75,20 +75,25 @@ class Reducer:
         """Hand snapshots back to the pool (tensors not from it are ignored)."""
         self.pool.release(*tensors)
 
-    def has_room(self, nbytes: int) -> bool:
-        """Whether a capture holding `nbytes` of copies fits beside the work waiting now.
-        Always True when nothing waits: one capture may exceed the bound on its own."""
+    def admit(self, nbytes: int) -> bool:
+        """Whether a capture holding `nbytes` of tensors may start beside the work waiting
+        now; when not, it is counted in `skipped_captures`, to be skipped whole rather
+        than pile up copies or lose some of its records. Always True when nothing
+        waits: one capture may pass the bound on its own."""
         pending = self._pending_bytes
-        return not self._closed and (not pending or pending + nbytes <= self._max_pending_bytes)
-
-    def count_skipped(self) -> None:
-        """Count a capture that a watch skipped because `has_room` said no."""
+        if not self._closed and (not pending or pending + nbytes <= self._max_pending_bytes):
+            return True
         self.skipped_captures += 1
+        return False
+
+    def count_dropped(self, rows: int) -> None:
+        """Count rows a job could not make (a shared tensor changed while it was read)."""
+        self._count_dropped(rows)
 
     def submit(self, job: Job, nbytes: int, rows: int) -> bool:
         """Queue `job` (holding `nbytes` of tensor copies, making `rows` rows); never blocks.
 
-        The bound is kept by `has_room`, asked before a capture starts: a capture once
+        The bound is kept by `admit`, asked before a capture starts: a capture once
         started is reduced whole (the copies waiting pass the bound by one capture at
         most), since half a capture is worth less than none. Returns False, counting
         `rows` as dropped, only when the reducer is closed.
