@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.nn.modules import conv, dropout, padding, pooling
 from torch.nn.modules.batchnorm import _NormBase
 
+from layerwatch.reduce.small import SMALL, relative_change_small, summarize_small
+from layerwatch.reduce.summary import Summary
 from layerwatch.wire import DEFAULT_BINS, DEFAULT_SAMPLE_SIZE, MAX_UNITS, STAT_INDEX, STAT_NAMES
 
 __all__ = [
@@ -170,15 +171,6 @@ def packed_components(tensor: torch.Tensor) -> torch.Tensor:
         return torch.cat([part.reshape(-1) for part in parts])
 
 
-class Summary(NamedTuple):
-    """What one capture of one tensor reduces to; every tensor is on the input's device."""
-
-    stats: torch.Tensor  # (NUM_STATS,) float32, order of wire.STAT_NAMES
-    counts: torch.Tensor | None  # (bins,) int64 histogram over [stats.min, stats.max]
-    sample_size: int | None  # elements the histogram was estimated from; None: all
-    units: torch.Tensor | None  # (units,) float32 per-unit means
-
-
 class Summarizer:
     """Computes `Summary`s with one watch's settings; keeps the sample positions per size."""
 
@@ -200,6 +192,10 @@ class Summarizer:
             if x.dtype != torch.float32:
                 x = x.to(torch.float32)  # bf16/fp16 upcast; float64 summarised in float32
             flat = x.reshape(-1)
+            if sync and 0 < flat.numel() <= min(SMALL, self.sample_size or SMALL):
+                small = summarize_small(x, units=units, bins=self.bins)
+                if small is not None:
+                    return small
             fast = _fast_stats(flat) if sync else None
             stats = activation_stats(flat) if fast is None else fast[0]
             counts, sampled = None, None
@@ -226,6 +222,9 @@ class Summarizer:
                 self._generators[flat.device] = generator
             drawn = torch.randint(n, (self.sample_size,), generator=generator, device=flat.device)
             positions = self._positions[key] = drawn.sort().values  # sorted: cache-friendly
+        if flat.device.type == "cpu":  # into a reused buffer (see `_scratch_buffer`)
+            out = _scratch_buffer("sample", self.sample_size, flat.dtype)[: self.sample_size]
+            return torch.index_select(flat, 0, positions, out=out), self.sample_size
         return flat.index_select(0, positions), self.sample_size
 
 
@@ -254,58 +253,82 @@ def _fast_stats(x: torch.Tensor) -> tuple[torch.Tensor, float, float] | None:
     if variance <= 1e-2 * mean * mean:
         variance = _chunked(x, lambda part, out: torch.sub(part, mean, out=out).square_().sum())
         variance /= n
-    if lo >= 0:  # e.g. ReLU outputs: |x| = x
-        abs_sum = total
-    elif hi <= 0:
-        abs_sum = -total
-    else:
-        abs_sum = _chunked(x, lambda part, out: torch.abs(part, out=out).sum())
-    zeros = n - _nonzeros(x, nonnegative=lo >= 0) if lo <= 0 <= hi else 0
+    abs_sum, nonzeros = _abs_sum_and_nonzeros(x, lo, hi, total)
     values = [mean, math.sqrt(max(variance, 0.0)), lo, hi, abs_sum / n, math.sqrt(sum_sq),
-              zeros / n, 0.0, float(n)]  # fmt: skip
+              (n - nonzeros) / n, 0.0, float(n)]  # fmt: skip
     return torch.tensor(values, dtype=torch.float32), lo, hi
 
 
-def _nonzeros(x: torch.Tensor, *, nonnegative: bool) -> int:
-    """Count of the nonzero elements of finite flat float32 CPU `x`: the sum of
-    `sign(x)` (or its dot with itself when `x` has negative values)."""
-    if x.numel() > _EXACT_COUNT:
-        return int(torch.count_nonzero(x).item())
-    if nonnegative:
-        return round(_chunked(x, lambda part, out: torch.sign(part, out=out).sum()))
-    return round(_chunked(x, lambda part, out: torch.dot(sign := torch.sign(part, out=out), sign)))
+def _abs_sum_and_nonzeros(x: torch.Tensor, lo: float, hi: float, total: float) -> tuple[float, int]:
+    """Sum of `|x|` and count of nonzero elements of finite flat float32 CPU `x`, whose
+    range and sum are known, through `s = sign(x)`: `x . s` and `s . s` (or the sum of
+    `s` when no element is negative). Branch-free: `count_nonzero` took ten times as
+    long on a ReLU output, whose zeros defeat the branch predictor."""
+    n = x.numel()
+    if lo > 0 or hi < 0:
+        return abs(total), n
+    if n > _EXACT_COUNT:  # float32 sums of 0/1 are exact below this
+        return _chunked(x, lambda part, out: torch.abs(part, out=out).sum()), int(
+            torch.count_nonzero(x).item()
+        )
+    if lo >= 0 or hi <= 0:  # all of one sign: |x| sums to |total|
+        return abs(total), round(
+            abs(_chunked(x, lambda part, out: torch.sign(part, out=out).sum()))
+        )
+    abs_sum = nonzeros = 0.0
+    for part, out in _chunks(x):
+        sign = torch.sign(part, out=out)
+        abs_sum += torch.dot(part, sign).item()
+        nonzeros += torch.dot(sign, sign).item()
+    return abs_sum, round(nonzeros)
 
 
 _Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _chunked(x: torch.Tensor, reduce: _Reduce) -> float:
-    """Sum of `reduce(part, out)` over chunks of flat float32 `x`, `out` being this
-    thread's scratch buffer cut to the chunk's size."""
-    n = x.numel()
-    size = min(n, _SCRATCH_ELEMENTS)
-    buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.numel() < size:
-        buffer = _scratch.buffer = torch.empty(size, dtype=torch.float32)
-    total = 0.0
+def _scratch_buffer(name: str, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """This thread's scratch buffer `name`, at least `size` elements of `dtype`, reused
+    from call to call (a fresh large buffer costs a page fault per 4 KiB)."""
+    buffers: dict[str, torch.Tensor] = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+        buffer = buffers[name] = torch.empty(size, dtype=dtype)
+    return buffer
+
+
+def _chunks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Aligned chunks of flat tensors of one length, each with a float32 scratch chunk."""
+    n = tensors[0].numel()
+    buffer = _scratch_buffer("chunk", min(n, _SCRATCH_ELEMENTS), torch.float32)
     for start in range(0, n, _SCRATCH_ELEMENTS):
-        part = x[start : start + _SCRATCH_ELEMENTS]
-        total += reduce(part, buffer[: part.numel()]).item()
-    return total
+        parts = tuple(t[start : start + _SCRATCH_ELEMENTS] for t in tensors)
+        yield (*parts, buffer[: parts[0].numel()])
+
+
+def _chunked(x: torch.Tensor, reduce: _Reduce) -> float:
+    """Sum of `reduce(part, out)` over the chunks of flat float32 `x` (see `_chunks`)."""
+    return sum(reduce(part, out).item() for part, out in _chunks(x))
 
 
 def _cpu_histogram(sample: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
-    """`_histogram` of a finite CPU sample whose range is known on the host."""
+    """`_histogram` of a finite CPU sample whose range is known on the host; the bin
+    index is computed in scratch buffers, chunk by chunk."""
     width = hi - lo if hi > lo else math.inf  # lo == hi: everything in bin 0
     scale = bins / width
-    if scale * max(abs(lo), abs(hi), 1.0) < _FLOAT32_SAFE:
-        # Two passes and an int32 index: about a third less work than the form below.
-        index = sample.mul(scale).sub_(lo * scale).to(torch.int32).clamp_(0, bins - 1)
-    else:
-        # (x - lo) / width stays within [0, 1] even for ranges so narrow that
-        # bins / width would overflow float32.
-        index = sample.sub(lo).div_(width).mul_(bins).to(torch.int32).clamp_(0, bins - 1)
-    return torch.bincount(index, minlength=bins)
+    # Two passes: about a third less work than the overflow-safe form, used when
+    # bins / width would overflow float32 ((x - lo) / width stays within [0, 1]).
+    safe = scale * max(abs(lo), abs(hi), 1.0) >= _FLOAT32_SAFE
+    counts = torch.zeros(bins, dtype=torch.int64)
+    index = _scratch_buffer("bins", min(sample.numel(), _SCRATCH_ELEMENTS), torch.int32)
+    for part, out in _chunks(sample):
+        if safe:
+            torch.sub(part, lo, out=out).div_(width).mul_(bins)
+        else:
+            torch.mul(part, scale, out=out).sub_(lo * scale)
+        chunk = index[: part.numel()]
+        chunk.copy_(out)  # truncates toward 0: a floor, for values >= 0
+        counts += torch.bincount(chunk.clamp_(0, bins - 1), minlength=bins)
+    return counts
 
 
 def _histogram(sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
@@ -370,7 +393,16 @@ def relative_change(
     """`||new - old|| / ||old||` as a 0-d float32 tensor on their device (no host read);
     `old_norm` saves a pass when `||old||` is already known."""
     old32 = old.detach().to(torch.float32)
-    difference = torch.linalg.vector_norm(new.detach().to(torch.float32) - old32)
+    new32 = new.detach().to(torch.float32)
+    if new32.device.type == "cpu" and new32.numel() <= SMALL and old_norm is not None:
+        return relative_change_small(new32, old32, old_norm)
+    if new32.device.type == "cpu" and new32.is_contiguous() and old32.is_contiguous():
+        squares = 0.0  # the difference goes through a scratch buffer, chunk by chunk
+        for a, b, out in _chunks(new32.reshape(-1), old32.reshape(-1)):
+            squares += torch.dot(diff := torch.sub(a, b, out=out), diff).item()
+        difference = torch.tensor(math.sqrt(squares), dtype=torch.float32)
+    else:
+        difference = torch.linalg.vector_norm(new32 - old32)
     if old_norm is None:
         old_norm = torch.linalg.vector_norm(old32)
     ratio: torch.Tensor = difference / old_norm
