@@ -109,6 +109,17 @@ WORKLOADS = {
 }  # fmt: skip
 
 
+def batches(workload: Workload) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`BATCHES` synthetic (inputs, labels) batches of `workload`, cycled by the loop."""
+    import torch
+
+    return [
+        (torch.randn(workload.batch, *workload.input_shape),
+         torch.randint(0, 10, (workload.batch,)))
+        for _ in range(BATCHES)
+    ]  # fmt: skip
+
+
 # -- the modes, as seen from the training loop ------------------------------------------
 
 
@@ -265,11 +276,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     workload = WORKLOADS[args.workload]
     model = workload.build()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    data = [
-        (torch.randn(workload.batch, *workload.input_shape),
-         torch.randint(0, 10, (workload.batch,)))
-        for _ in range(BATCHES)
-    ]  # fmt: skip
+    data = batches(workload)
     directory = Path(args.directory)
     tracker: Tracker
     if args.family == "baseline":

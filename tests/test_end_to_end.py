@@ -249,3 +249,50 @@ def test_a_nan_between_captures_is_found_at_its_step_and_layer(live_server: str)
     assert (origin["step"], origin["tensor"], origin["tensor_kind"]) == (23, "2", "activation")
     assert origin["severity"] == "error"
     assert origin["evidence"]["from_sentinel"] is True
+
+
+def test_captures_a_slow_reducer_skipped_are_stored_with_the_run(
+    live_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole captures skipped (the reducer fell behind) are counted by the client and
+    kept on the run, so a reader knows the stored steps are a subsample."""
+    import threading
+    import time
+
+    from layerwatch.reduce.statistics import Summarizer
+
+    summarize = Summarizer.summarize
+
+    def slow(self: Summarizer, tensor: torch.Tensor, **kwargs: object):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "layerwatch-reducer":
+            time.sleep(0.003)
+        return summarize(self, tensor, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Summarizer, "summarize", slow)
+    torch.manual_seed(0)
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with layerwatch.Run(live_server, project="e2e", name="skipped", max_copy_bytes=1) as run:
+        run.watch(model, optimizer, every=1)
+        for step in range(30):
+            loss = nn.functional.cross_entropy(model(x[step * 16 : (step + 1) * 16]),
+                                               y[step * 16 : (step + 1) * 16])  # fmt: skip
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    skipped = run.counters.skipped_captures
+    assert skipped > 0
+    assert run.counters.dropped == 0
+    with httpx.Client(headers=auth_headers(), timeout=30) as http:
+        stored = http.get(f"{live_server}/api/v1/runs/{run.id}").raise_for_status().json()
+        steps = (
+            http.get(
+                f"{live_server}/api/v1/runs/{run.id}/series", params={"tensor": "0", "stat": "mean"}
+            )
+            .raise_for_status()
+            .json()["steps"]
+        )
+    assert stored["skipped_captures"] == skipped
+    assert len(steps) == 31 - skipped or len(steps) == 30 - skipped  # step 30 ends the loop

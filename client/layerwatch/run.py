@@ -565,7 +565,8 @@ class Run:
         reduced = self._reducer.close(timeout)
         self._flushed = self._delivery.flush(max(deadline - time.monotonic(), 0.0)) and reduced
         # Past the deadline, a short grace for the final status update.
-        self._delivery.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE)
+        self._delivery.stop(status, max(deadline - time.monotonic(), 0.0) + _STATUS_GRACE,
+                            skipped_captures=self._reducer.skipped_captures)  # fmt: skip
         if self._owns_http:
             self._http.close()
         # The server's verdict, when it just took everything (an `http=` of the caller's

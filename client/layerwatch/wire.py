@@ -170,6 +170,11 @@ class RunUpdate(_Model):
     """Change a run's status, e.g. when training finishes or fails."""
 
     status: RunStatus
+    skipped_captures: Count | None = Field(
+        None,
+        description="Captures the client skipped because its reducer fell behind, sent when "
+        "the run ends; the steps stored are then a subsample.",
+    )
 
 
 class TensorInfo(_Model):

@@ -75,6 +75,9 @@ class SqlRun(Base):
     # When the run's process last spoke (data or a heartbeat): a running run silent for
     # longer than the run timeout is reported crashed.
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Captures the client skipped because its reducer fell behind, as its last status
+    # update reported them; None when none said.
+    skipped_captures: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SqlTensor(Base):

@@ -101,6 +101,12 @@ class RunPublic(_Public):
         description="When the run's process last sent data or a heartbeat. A `running` run "
         "silent for longer than the server's run timeout is reported `crashed`."
     )
+    skipped_captures: int | None = Field(
+        None,
+        description="Captures the client skipped because its reducer fell behind (the "
+        "steps stored are then a subsample), as it reported when the run ended; null when "
+        "it did not say.",
+    )
 
 
 class RunsPublic(_Public):

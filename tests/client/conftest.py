@@ -192,3 +192,18 @@ def make_run(server: FakeServer) -> Iterator[Callable[..., layerwatch.Run]]:
         run.close(timeout=2.0)
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def slow_reducer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each reduction on the reducer thread starts 3 ms late: training runs on meanwhile."""
+    from layerwatch.reduce.statistics import Summarizer
+
+    summarize = Summarizer.summarize
+
+    def slow(self: Summarizer, tensor: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "layerwatch-reducer":
+            time.sleep(0.003)
+        return summarize(self, tensor, **kwargs)
+
+    monkeypatch.setattr(Summarizer, "summarize", slow)

@@ -57,9 +57,9 @@ class Watch:
     watch.remove()
     ```
 
-    On every step, captured or not, the non-finite sentinel (`capture.sentinel`)
-    checks the same module outputs and, at the optimizer step, the gradients, for
-    NaN and inf, on their device; what it saw goes out at each captured step.
+    On every step the non-finite sentinel (`capture.sentinel`) checks the same module
+    outputs for NaN and inf, and gradients (accelerators) or weights (CPU, once an
+    output turns); what it saw goes out at each captured step.
 
     A hook that fails (an unusual output type, say) disables its whole `Watch` with
     one logged warning; training goes on unaffected. A failing sentinel disables

@@ -98,13 +98,16 @@ class Delivery:
             return False
         return request.done.wait(_remaining(deadline))
 
-    def stop(self, status: wire.RunStatus | None, timeout: float) -> None:
-        """Seal what is queued, set the run's `status` on the server and close the spool,
-        in at most about `timeout` seconds; what the server has not taken stays in a
-        durable spool for `layerwatch sync`, and is counted as dropped from a memory one."""
+    def stop(
+        self, status: wire.RunStatus | None, timeout: float, *, skipped_captures: int | None = None
+    ) -> None:
+        """Seal what is queued, set the run's `status` (with the captures the run skipped)
+        on the server and close the spool, in at most about `timeout` seconds; what the
+        server has not taken stays in a durable spool for `layerwatch sync`, and is
+        counted as dropped from a memory one."""
         deadline = time.monotonic() + timeout
         self._spooler.stop(timeout)
-        self._sender.stop(status, _remaining(deadline))
+        self._sender.stop(status, _remaining(deadline), skipped_captures=skipped_captures)
 
 
 def _remaining(deadline: float) -> float:

@@ -80,6 +80,7 @@ class Sender:
         self._heartbeat_secs = heartbeat_secs
         self._stop = threading.Event()
         self._stop_status: wire.RunStatus | None = None
+        self._skipped_captures: int | None = None  # reported with the final status
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         # Below: touched only by the sender thread.
         # "denied": the server refused our token (401/403): nothing more is sent, the
@@ -98,11 +99,14 @@ class Sender:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, status: wire.RunStatus | None, timeout: float) -> None:
-        """Stop sending; set the run's `status` on the server and close the spool once
-        the spooler is done. Waits at most `timeout` seconds: a thread stuck in a
-        request is a daemon, and the spool on disk keeps what it holds."""
+    def stop(
+        self, status: wire.RunStatus | None, timeout: float, *, skipped_captures: int | None = None
+    ) -> None:
+        """Stop sending; set the run's `status` (and `skipped_captures`) on the server and
+        close the spool once the spooler is done. Waits at most `timeout` seconds: a
+        thread stuck in a request is a daemon, and the spool on disk keeps what it holds."""
         self._stop_status = status
+        self._skipped_captures = skipped_captures
         self._stop.set()
         self._outbox.work.set()
         self._thread.join(timeout)
@@ -264,9 +268,10 @@ class Sender:
         (a durable one keeps what is left, and the status the server did not take)."""
         status = None if self._run_state == "refused" else self._stop_status
         if self._run_state == "created" and status is not None:
-            update = wire.RunUpdate(status=status).model_dump_json().encode()
+            update = wire.RunUpdate(status=status, skipped_captures=self._skipped_captures)
+            update_json = update.model_dump_json(exclude_none=True).encode()
             try:
-                self._request("PATCH", self._run_url, update)
+                self._request("PATCH", self._run_url, update_json)
                 status = None
             except DeliveryError as exc:
                 logger.warning("layerwatch: could not mark run %s %s: %s",

@@ -210,6 +210,8 @@ def _resume(session: Session, run: SqlRun, spec: wire.RunCreate) -> RunPublic:
 def update_run(session: Session, run_id: str, update: wire.RunUpdate) -> RunPublic:
     run = require_run(session, run_id)
     run.status = update.status
+    if update.skipped_captures is not None:
+        run.skipped_captures = update.skipped_captures
     run.updated_at = utcnow()
     run.finished_at = None if update.status == "running" else run.updated_at
     session.flush()

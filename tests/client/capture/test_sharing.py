@@ -4,8 +4,6 @@ the tensors at capture time."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -15,25 +13,11 @@ from torch import nn
 
 import layerwatch
 from layerwatch.capture.sharing import ShareGate
-from layerwatch.reduce.statistics import Summarizer
 
 if TYPE_CHECKING:
     from tests.client.conftest import FakeServer
 
 MakeRun = Callable[..., layerwatch.Run]
-
-
-@pytest.fixture
-def slow_reducer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reductions on the reducer thread start 3 ms late: training runs on meanwhile."""
-    summarize = Summarizer.summarize
-
-    def slow(self: Summarizer, tensor: torch.Tensor, *, units: int | None, sync: bool):  # type: ignore[no-untyped-def]
-        if threading.current_thread().name == "layerwatch-reducer":
-            time.sleep(0.003)
-        return summarize(self, tensor, units=units, sync=sync)
-
-    monkeypatch.setattr(Summarizer, "summarize", slow)
 
 
 def test_the_gate_shares_what_was_left_alone_and_copies_what_changed() -> None:

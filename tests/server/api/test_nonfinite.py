@@ -13,6 +13,7 @@ def test_events_are_answered_by_step(api: httpx.Client) -> None:
     batch = make_batch().model_copy(update={"nonfinite": [
         wire.NonfiniteEvent(step=40, tensor="head", kind="grad"),
         wire.NonfiniteEvent(step=37, tensor="enc.2", kind="activation", also=["enc.3"]),
+        wire.NonfiniteEvent(step=44, tensor="enc.0.weight", kind="weight"),
     ]})  # fmt: skip
     assert post_batch(api, run_id, batch).status_code == 200
 
@@ -23,8 +24,9 @@ def test_events_are_answered_by_step(api: httpx.Client) -> None:
         "data": [
             {"step": 37, "rank": 0, "tensor": "enc.2", "kind": "activation", "also": ["enc.3"]},
             {"step": 40, "rank": 0, "tensor": "head", "kind": "grad", "also": []},
+            {"step": 44, "rank": 0, "tensor": "enc.0.weight", "kind": "weight", "also": []},
         ],
-        "count": 2,
+        "count": 3,
     }
 
 

@@ -186,8 +186,8 @@ BAD_BATCHES: dict[str, tuple[Callable[[Doc], Any], str]] = {
         _set("nonfinite", [{"step": -1, "tensor": "fc1", "kind": "activation"}]),
         "step",
     ),
-    "non-finite event of a weight": (
-        _set("nonfinite", [{"step": 3, "tensor": "fc1", "kind": "weight"}]),
+    "non-finite event of an unknown kind": (
+        _set("nonfinite", [{"step": 3, "tensor": "fc1", "kind": "bias"}]),
         "kind",
     ),
     "non-finite tensor name with a newline": (
