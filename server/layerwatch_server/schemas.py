@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchema
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from layerwatch.wire import Kind, RunStatus, StatName
+from layerwatch.wire import Kind, NonfiniteEvent, RunStatus, StatName
 from layerwatch_server.wire_schema import allow_nonfinite
 
 
@@ -272,21 +272,11 @@ class ProbesPublic(_Public):
     count: int
 
 
-class NonfiniteEventPublic(_Public):
-    """A watched tensor turning non-finite, as the client's sentinel saw it (see
-    ``layerwatch.wire.NonfiniteEvent``)."""
+class NonfiniteEventPublic(NonfiniteEvent, _Public):
+    """A watched tensor turning non-finite, as the client's sentinel sent it
+    (``layerwatch.wire.NonfiniteEvent``), with the process that saw it."""
 
-    step: int = Field(description="The first step at which the tensor held a NaN or inf.")
     rank: int = Field(description="The process that saw it.")
-    tensor: str = Field(
-        description="The first tensor that turned at that step: activations in the order "
-        "their modules ran, then gradients, then weights, in parameter order."
-    )
-    kind: Literal["activation", "grad", "weight"] = Field(
-        description="`activation` (a module's output), `grad` (a parameter's gradient) or "
-        "`weight` (a parameter's weights, made non-finite by the update that ended `step`)."
-    )
-    also: list[str] = Field(description="Other tensors that turned at the same step, in order.")
 
 
 class NonfiniteEventsPublic(_Public):

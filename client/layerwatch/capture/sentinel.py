@@ -263,7 +263,5 @@ class Sentinel:
 def _finite_on_host(tensor: torch.Tensor) -> bool:
     """Whether CPU `tensor` holds only finite values: its sum is finite (NaN and inf
     make it so), or, when the sum overflowed, every element is."""
-    with torch.no_grad():
-        if math.isfinite(tensor.detach().sum().item()):
-            return True
-        return bool(torch.isfinite(tensor.detach()).all().item())
+    values = tensor.detach()  # no autograd record
+    return math.isfinite(values.sum().item()) or bool(torch.isfinite(values).all().item())

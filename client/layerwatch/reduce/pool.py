@@ -84,9 +84,3 @@ class SnapshotPool:
                 if self._free_bytes + buffer.nbytes <= self._max_free_bytes:
                     self._free.setdefault((buffer.dtype, buffer.numel()), []).append(buffer)
                     self._free_bytes += buffer.nbytes
-
-    def clear(self) -> None:
-        """Let go of the free buffers (lent ones are freed when their holders drop them)."""
-        with self._lock:
-            self._free.clear()
-            self._free_bytes = 0

@@ -48,19 +48,28 @@ def detect_not_updating(data: RunData) -> list[Finding]:
             "grad_l2_max": float(grad_l2[moved].max()) if moved.any() else 0.0,
         }
         if moved.any():
-            findings.append(Finding(
-                kind="not_updating", step=first, last_step=last, severity="warning",
-                confidence=0.9, tensor=weight.name, tensor_kind="weight", evidence=evidence,
-                message=f"`{weight.name}` gets gradients but has not changed from step "
-                f"{first} on: it is probably not passed to the optimizer.", view=view,
-            ))  # fmt: skip
+            severity, message = (
+                "warning",
+                (
+                    f"`{weight.name}` gets gradients but has not changed from step {first} on: "
+                    "it is probably not passed to the optimizer."
+                ),
+            )
         elif has_grads and grad is None:
-            findings.append(Finding(
-                kind="not_updating", step=first, last_step=last, severity="info",
-                confidence=0.9, tensor=weight.name, tensor_kind="weight", evidence=evidence,
-                message=f"`{weight.name}` is frozen: it never had a gradient and has not "
-                f"changed since step {first}.", view=view,
-            ))  # fmt: skip
+            severity, message = (
+                "info",
+                (
+                    f"`{weight.name}` is frozen: it never had a gradient and has not changed "
+                    f"since step {first}."
+                ),
+            )
+        else:
+            continue
+        findings.append(Finding(
+            kind="not_updating", step=first, last_step=last, severity=severity,
+            confidence=0.9, tensor=weight.name, tensor_kind="weight", evidence=evidence,
+            message=message, view=view,
+        ))  # fmt: skip
     return findings
 
 

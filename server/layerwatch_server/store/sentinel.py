@@ -19,7 +19,7 @@ def nonfinite_events(session: Session, run_id: str) -> list[NonfiniteEventPublic
         .order_by(
             SqlNonfiniteEvent.step,
             SqlNonfiniteEvent.rank,
-            SqlNonfiniteEvent.kind,  # "activation" before "grad": forward order
+            SqlNonfiniteEvent.kind,  # "activation", "grad", "weight": computation order
             SqlNonfiniteEvent.tensor,
         )
     )
