@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerwatch_server.diagnosis.findings import Evidence, Finding, first_lasting, view_url
+from layerwatch_server.diagnosis.findings import (
+    Evidence,
+    Finding,
+    Severity,
+    first_lasting,
+    view_url,
+)
 from layerwatch_server.diagnosis.loader import RunData
 from layerwatch_server.views.tensors import is_bias
 
@@ -47,21 +53,18 @@ def detect_not_updating(data: RunData) -> list[Finding]:
             "captures": int(finite.sum()),
             "grad_l2_max": float(grad_l2[moved].max()) if moved.any() else 0.0,
         }
+        severity: Severity
         if moved.any():
-            severity, message = (
-                "warning",
-                (
-                    f"`{weight.name}` gets gradients but has not changed from step {first} on: "
-                    "it is probably not passed to the optimizer."
-                ),
+            severity = "warning"
+            message = (
+                f"`{weight.name}` gets gradients but has not changed from step {first} on: "
+                "it is probably not passed to the optimizer."
             )
         elif has_grads and grad is None:
-            severity, message = (
-                "info",
-                (
-                    f"`{weight.name}` is frozen: it never had a gradient and has not changed "
-                    f"since step {first}."
-                ),
+            severity = "info"
+            message = (
+                f"`{weight.name}` is frozen: it never had a gradient and has not changed "
+                f"since step {first}."
             )
         else:
             continue
