@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerwatch_server.diagnosis.findings import (
-    Evidence,
-    Finding,
-    Severity,
-    first_lasting,
-    view_url,
-)
+from layerwatch_server.diagnosis.findings import Evidence, Finding, first_lasting, view_url
 from layerwatch_server.diagnosis.loader import RunData
+from layerwatch_server.schemas import Severity
 from layerwatch_server.views.tensors import is_bias
 
 MIN_CAPTURES = 2
