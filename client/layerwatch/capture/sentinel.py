@@ -25,7 +25,17 @@ CPU tensors take a host path instead: there is no device to wait for, so a value
 read back costs only the read, while each small kernel costs a dispatch. A CPU
 tensor is finite when its sum is (one pass, the cheapest reduction; a sum that
 overflows is confirmed element by element), and the bookkeeping is a few Python
-sets. Gradients are not summed on every step there: that pass over every
+sets. Even one sum per output is a pass over every activation of the step
+(about 4 % of a small MLP's step), so module outputs are not summed one by one:
+each is kept (a reference; autograd holds most of them anyway) until the watched
+model's own forward pass returns, and only the model's output is summed. A NaN
+or inf inside the network reaches that output in all but rare cases, and when
+it does, the kept outputs are summed in forward order to name the first one;
+they are let go either way. Outputs of modules called outside the model's
+forward pass are summed one by one, at once. What this misses is a
+non-finite value that the network itself removes before its output (a mask
+filled with -inf ahead of a softmax, `nan_to_num`), which is rarely an
+incident. Gradients are not summed on every step there: that pass over every
 gradient cost 1.5 % of a small MLP's step on the training thread, more than all
 the module outputs together. A non-finite gradient reaches the weights at the
 update and the next step's outputs from there; when an output turns non-finite,
@@ -114,6 +124,10 @@ class Sentinel:
         self._host: _HostState | None = None  # CPU tensors
         # Checks kept before folding: a loop that never ends a step must not grow them.
         self._max_pending = 4 * len(self._names) + 16
+        # CPU module outputs not summed yet (slot, tensor), in forward order, and where
+        # each forward pass of the watched model in progress began in that list.
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._marks: list[int] = []
 
     def check_output(self, module_name: str, output: object) -> None:
         """Called by a forward hook (in passes with gradients) with a module's output."""
@@ -130,8 +144,43 @@ class Sentinel:
                 return
             self._slots[module_name] = slot
             self._names[slot] = (module_name, "activation")
-        if tensor.numel():  # host metadata: no read back
+        if not tensor.numel():  # host metadata: no read back
+            return
+        if tensor.device.type not in HOST_DEVICES:
             self._check(slot, tensor)
+            return
+        self._host_state().outputs = True
+        if not self._marks:  # called outside the model's forward pass: sum it now
+            self._check(slot, tensor)
+            return
+        self._pending.append((slot, tensor.detach()))  # summed if the model's output is not
+        if len(self._pending) > self._max_pending:  # a pass calling modules many times
+            self._check_pending(0)
+
+    def enter_model(self) -> None:
+        """Called when the watched model's forward pass starts."""
+        self._marks.append(len(self._pending))
+
+    def exit_model(self, output: object) -> None:
+        """Called when the watched model's forward pass returns `output`: on the CPU, one
+        sum of it stands for the module outputs kept since that pass began."""
+        start = self._marks.pop() if self._marks else 0
+        if start >= len(self._pending):
+            return
+        tensor = first_float_tensor(output)
+        if (
+            tensor is not None and tensor.device.type in HOST_DEVICES
+            and tensor.numel() and _finite_on_host(tensor)
+        ):  # fmt: skip
+            del self._pending[start:]
+        else:
+            self._check_pending(start)
+
+    def _check_pending(self, start: int) -> None:
+        """Sum the kept outputs from `start` on, in forward order, and let them go."""
+        for slot, tensor in self._pending[start:]:
+            self._check(slot, tensor)
+        del self._pending[start:]
 
     def check_grads(self) -> None:
         """Called at the optimizer step (or `Run.step()`): the parameters' gradients, on
@@ -148,6 +197,9 @@ class Sentinel:
 
     def end_step(self, step: int) -> None:
         """Called when step `step` ends: fold its checks into `fired` and `first`."""
+        if self._pending:  # a forward pass that raised before it returned
+            self._check_pending(0)
+        self._marks.clear()
         host = self._host
         if host is not None:
             host.outputs = False
@@ -171,11 +223,7 @@ class Sentinel:
 
     def _check(self, slot: int, tensor: torch.Tensor) -> None:
         if tensor.device.type in HOST_DEVICES:
-            host = self._host
-            if host is None:
-                host = self._host = _HostState()  # the run has CPU tensors: `read` reports them
-            if slot < self._activations:
-                host.outputs = True
+            host = self._host_state()
             if not _finite_on_host(tensor):
                 if slot not in host.fired and not host.weighed:
                     self._weigh(host)
@@ -189,6 +237,12 @@ class Sentinel:
         state.highs.append(high)
         if len(state.slots) > self._max_pending:
             self._fold(state)
+
+    def _host_state(self) -> _HostState:
+        host = self._host
+        if host is None:
+            host = self._host = _HostState()  # the run has CPU tensors: `read` reports them
+        return host
 
     def _weigh(self, host: _HostState) -> None:
         """An output turned non-finite: which CPU weights are (once per step)."""

@@ -195,9 +195,11 @@ def test_model_tree_is_sent_once_with_shapes(server: FakeServer, make_run: MakeR
     assert by_path[""].params == 0  # the container owns none itself
     assert by_path["1.1"].inputs == [[7, 8]]
     assert by_path[""].outputs == [[7, 2]]
-    # the tree's hooks are gone; each leaf keeps its activation hook
+    # the tree's hooks are gone; each leaf keeps its activation hook, the model the
+    # sentinel's pair (its output stands for the leaves' outputs)
     leaves = {m for m in model.modules() if next(m.children(), None) is None}
-    assert all(len(m._forward_hooks) == (m in leaves) for m in model.modules())
+    assert all(len(m._forward_hooks) == (m in leaves or m is model) for m in model.modules())
+    assert [len(m._forward_pre_hooks) for m in model.modules()] == [1, 0, 0, 0, 0]
 
 
 def test_select_by_type_and_regex(make_run: MakeRun) -> None:

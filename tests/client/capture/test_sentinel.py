@@ -317,3 +317,88 @@ def test_a_compiled_model_keeps_its_graph_and_its_gradients_name_the_step(
     assert (event.step, event.tensor, event.kind) == (3, "0.weight", "grad")
     assert "2.weight" in event.also
     assert not {"0", "1", "2"} & set(event.also)  # no output was checked in the graph
+
+
+def _count_host_sums(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Record the shape of every tensor the host path sums."""
+    summed: list[tuple[int, ...]] = []
+    finite_on_host = sentinel._finite_on_host
+
+    def counting(tensor: torch.Tensor) -> bool:
+        summed.append(tuple(tensor.shape))
+        return finite_on_host(tensor)
+
+    monkeypatch.setattr(sentinel, "_finite_on_host", counting)
+    return summed
+
+
+def test_on_the_cpu_a_healthy_step_sums_only_the_models_output(
+    server: FakeServer, make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summed = _count_host_sums(monkeypatch)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = make_run()
+    run.watch(model, optimizer, every=5)
+    _train(model, optimizer, 12)
+    assert run.flush(5)
+    assert summed == [(8, 2)] * 12  # one sum per step, of the (batch, 2) output
+    assert server.nonfinite() == []
+
+
+def test_on_the_cpu_a_module_called_outside_the_model_is_checked_at_the_step(
+    server: FakeServer, make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summed = _count_host_sums(monkeypatch)
+    spike = Spike(at=[3])
+    encoder = nn.Sequential(nn.Linear(4, 8), spike)
+    model = nn.Sequential(encoder, nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = make_run()
+    run.watch(model, optimizer, every=10)
+    torch.manual_seed(0)
+    for step in range(6):
+        spike.step = step
+        # The training loop calls the encoder itself, then the rest of the model
+        hidden = encoder(torch.randn(8, 4))
+        out = model[2](model[1](hidden))
+        torch.nan_to_num(out, nan=0.0).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert run.flush(5)
+    assert summed[:4] == [(8, 8), (8, 8), (8, 8), (8, 2)]  # each output on its own
+    assert server.nonfinite() == [
+        wire.NonfiniteEvent(step=3, tensor="0.1", kind="activation", also=["1", "2"])
+    ]
+
+
+class Masked(nn.Module):
+    """A NaN born inside the model and removed before its output."""
+
+    def __init__(self, spike: Spike) -> None:
+        super().__init__()
+        self.spike, self.head = spike, nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nan_to_num(self.spike(x), nan=0.0))
+
+
+@pytest.mark.usefixtures("both_paths")
+def test_a_nan_the_model_removes_itself_is_seen_on_accelerators_only(
+    server: FakeServer, make_run: MakeRun, request: pytest.FixtureRequest
+) -> None:
+    """The host path's documented blind spot: it sums the model's output only."""
+    spike = Spike(at=[2])
+    model = Masked(spike)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    run = make_run()
+    run.watch(model, optimizer, every=10)
+    for step in range(4):
+        spike.step = step
+        model(torch.randn(8, 4)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert run.flush(5)
+    on_device = request.node.callspec.params["both_paths"] == "device"
+    expected = [wire.NonfiniteEvent(step=2, tensor="spike", kind="activation")]
+    assert server.nonfinite() == (expected if on_device else [])
