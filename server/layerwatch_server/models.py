@@ -12,11 +12,12 @@ NULL. A NULL in a measurement column therefore always means NaN.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
     DateTime,
     Double,
     ForeignKey,
@@ -26,10 +27,13 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from layerwatch.wire import STAT_NAMES
 
 NAME = String(250)
 
@@ -93,6 +97,9 @@ class SqlTensor(Base):
     module_type: Mapped[str | None] = mapped_column(NAME)
     shape: Mapped[list[int] | None] = mapped_column(JSON)
     dtype: Mapped[str | None] = mapped_column(String(32))
+    # Steps per bucket of its statistics' level-1 rollup (see `SqlStatRollup`), fixed
+    # from the spacing of its first steps; None until two steps are known.
+    rollup_width: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SqlStat(Base):
@@ -115,6 +122,49 @@ class SqlStat(Base):
     zero_frac: Mapped[float | None] = mapped_column(Double)
     nonfinite: Mapped[int] = mapped_column(BigInteger)
     numel: Mapped[int] = mapped_column(BigInteger)
+
+
+ROLLUP_FIELDS = ("lo", "lo_step", "hi", "hi_step", "nan_step")
+"""Per statistic, per rollup bucket: the smallest and largest non-NaN value, the steps
+where they are, and the first step whose value is NaN (each None when there is none)."""
+
+
+def rollup_column(stat: str, field: str) -> str:
+    return f"{stat}_{field}"
+
+
+class SqlStatRollup(Base):
+    """The envelope of one tensor's statistics over a bucket of steps, kept up at ingest.
+
+    Level 1 buckets are ``rollup_width`` steps of the tensor wide (about
+    `store.rollups.ROWS_PER_BUCKET` rows), level 2 `store.rollups.FANOUT` times
+    that: a series a million rows long is thinned from about a thousand of these
+    instead of from every row. ``rows`` counts the rows rolled up (an estimate: a
+    row stored twice counts twice).
+    """
+
+    __tablename__ = "stat_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tensor_id: Mapped[int] = mapped_column(
+        ForeignKey("tensors.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # step // width
+    rows: Mapped[int] = mapped_column(BigInteger)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+
+
+_ROLLUPS = cast(Table, SqlStatRollup.__table__)
+for _stat in STAT_NAMES:  # (stat)_lo, (stat)_lo_step, ... for every statistic
+    for _field in ROLLUP_FIELDS:
+        _name = rollup_column(_stat, _field)
+        if _field in ("lo", "hi"):
+            _ROLLUPS.append_column(Column(_name, Double))
+        else:
+            _ROLLUPS.append_column(Column(_name, BigInteger))
 
 
 class SqlHistogram(Base):

@@ -37,6 +37,7 @@ from layerwatch_server.models import (
     utcnow,
 )
 from layerwatch_server.store import codec
+from layerwatch_server.store.rollups import roll_up
 from layerwatch_server.store.runs import require_run, touch_run
 
 Row = dict[str, Any]
@@ -89,13 +90,9 @@ def ingest_batch(
         return _replayed(previous, batch, digest)
 
     tensor_ids = _tensor_ids(session, run_id, batch)
-    _insert(
-        session,
-        _STATS,
-        _STAT_COLUMNS,
-        _stat_rows(batch, tensor_ids),
-        _describe_stat(tensor_ids),
-    )
+    stat_rows = _stat_rows(batch, tensor_ids)
+    _insert(session, _STATS, _STAT_COLUMNS, stat_rows, _describe_stat(tensor_ids))
+    roll_up(session, batch, tensor_ids)
     _insert(
         session,
         _HISTOGRAMS,

@@ -15,7 +15,8 @@ from layerwatch_server.schemas import (
     SeriesPublic,
 )
 from layerwatch_server.store import codec
-from layerwatch_server.store.paging import cut_page, page_by_step, read_series
+from layerwatch_server.store.envelopes import read_envelope
+from layerwatch_server.store.paging import check_step_range, cut_page, page_by_step, read_series
 from layerwatch_server.store.runs import require_tensor_id
 
 
@@ -35,6 +36,17 @@ def get_series(
 ) -> SeriesPublic:
     """One statistic over steps: a page at full resolution, or the range downsampled."""
     tensor_id = require_tensor_id(session, run_id, tensor, kind)
+    if max_points is not None:
+        check_step_range(start, end)
+        begin = start if after_step is None else max(after_step + 1, start or 0)
+        envelope = read_envelope(session, tensor_id, stat=stat, rank=rank, start=begin,
+                                 end=end, max_points=max_points)  # fmt: skip
+        if envelope is not None:
+            return SeriesPublic(
+                tensor=tensor, kind=kind, stat=stat, rank=rank, steps=envelope.steps,
+                values=envelope.values, total=envelope.total,
+                downsampled=envelope.total > len(envelope.steps), next_after_step=None,
+            )  # fmt: skip
     query = select(SqlStat.step, getattr(SqlStat, stat).label("value")).where(
         SqlStat.tensor_id == tensor_id, SqlStat.rank == rank
     )
