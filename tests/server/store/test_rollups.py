@@ -109,13 +109,14 @@ def test_rollups_read_little_whatever_the_length(
 def test_short_series_and_series_without_rollups_are_thinned_from_their_rows(
     session: Session,
 ) -> None:
-    run_id, steps = _store_series(session, _values(500))
+    run_id, _steps = _store_series(session, _values(500))
     assert envelopes.read_envelope(
         session, _tensor_id(session, run_id), stat="mean", rank=0, start=None, end=None,
         max_points=100,
     ) is None  # fmt: skip
     thin = _thin(session, run_id, max_points=100)
-    assert thin.downsampled and thin.total == 500
+    assert thin.downsampled
+    assert thin.total == 500
 
 
 def _tensor_id(session: Session, run_id: str) -> int:
