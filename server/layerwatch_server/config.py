@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with a 503.")
     max_concurrent_renders: int = Field(2, ge=1, description="Plots rendered at once.")
+    answer_cache_bytes: int = Field(
+        64 * 2**20, ge=0, description="Rendered plots and their JSON kept in memory, per process."
+    )
     run_timeout_seconds: float = Field(
         300.0, gt=0, description="A running run silent this long is reported crashed."
     )

@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from layerwatch_server.api.answer_cache import AnswerCache
 from layerwatch_server.api.auth import AUTHORIZE, AUTHORIZE_ADMIN, is_authenticated
 from layerwatch_server.api.openapi import error_responses, finish_document
 from layerwatch_server.api.routes import (
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.read_sessions, app.state.write_sessions = make_sessionmakers(engine)
     app.state.render_limiter = anyio.CapacityLimiter(settings.max_concurrent_renders)
     app.state.findings_cache = FindingsCache()
+    app.state.answer_cache = AnswerCache(settings.answer_cache_bytes)
     app.state.tokens_exist = False
     app.state.rate_limiter = (
         TokenBuckets(settings.ingest_rate_limit, settings.ingest_burst)

@@ -6,6 +6,9 @@ import httpx
 import pytest
 from batches import body, make_batch, new_id, scalars_block, stats_block
 
+from layerwatch_server.api.answer_cache import AnswerCache, CachedAnswer
+from layerwatch_server.api.routes import views as views_routes
+
 DOWNSAMPLED = "x-layerwatch-downsampled"
 
 
@@ -58,6 +61,45 @@ def test_etags_answer_304_until_new_data_arrives(api: httpx.Client, run_id: str)
     fresh = api.get(url, params={"tensor": "fc1"}, headers={"If-None-Match": etag})
     assert fresh.status_code == 200
     assert fresh.headers["etag"] != etag
+
+
+def test_a_view_asked_again_without_its_etag_is_answered_from_the_server_cache(
+    api: httpx.Client, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders: list[str] = []
+    render_png = views_routes.render_png
+
+    def counting(view, *args, **kwargs):  # type: ignore[no-untyped-def]
+        renders.append(view.name)
+        return render_png(view, *args, **kwargs)
+
+    monkeypatch.setattr(views_routes, "render_png", counting)
+    url = f"/runs/{run_id}/plots/series.png"
+    first = api.get(url, params={"tensor": "fc2", "width": 555})
+    second = api.get(url, params={"tensor": "fc2", "width": 555})  # another user: no ETag
+    assert second.status_code == 200
+    assert second.content == first.content
+    assert second.headers["etag"] == first.headers["etag"]
+    assert second.headers[DOWNSAMPLED] == first.headers[DOWNSAMPLED]
+    assert renders == ["series"]  # drawn once
+
+    more = make_batch(stats=[stats_block("fc2", [500])])
+    api.post(f"/runs/{run_id}/batches", content=body(more)).raise_for_status()
+    third = api.get(url, params={"tensor": "fc2", "width": 555})
+    assert third.headers["etag"] != first.headers["etag"]
+    assert renders == ["series", "series"]  # new data: drawn again
+
+
+def test_the_answer_cache_is_bounded_in_bytes() -> None:
+    cache = AnswerCache(max_bytes=1000)
+    for i in range(10):
+        cache.put(f"e{i}", CachedAnswer(b"x" * 200, "image/png", False))
+    assert cache.size_bytes <= 1000
+    assert len(cache) == 5
+    assert cache.get("e0") is None
+    assert cache.get("e9") is not None
+    cache.put("huge", CachedAnswer(b"x" * 600, "image/png", False))  # over a quarter: not kept
+    assert cache.get("huge") is None
 
 
 def test_finished_runs_may_be_cached(api: httpx.Client, run_id: str) -> None:

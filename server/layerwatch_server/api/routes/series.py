@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
 
 from layerwatch import wire
 from layerwatch_server import store
@@ -20,6 +21,13 @@ from layerwatch_server.schemas import (
     SeriesPublic,
 )
 from layerwatch_server.store.latest import latest_scalars
+
+
+def _json(answer: BaseModel) -> Response:
+    """``answer`` as JSON, serialized once: a long series is built without validation
+    (these are stored numbers), and FastAPI would validate it again."""
+    return Response(answer.model_dump_json(), media_type="application/json")
+
 
 router = APIRouter(
     tags=["series"],
@@ -46,21 +54,13 @@ def get_series(
     after_step: Step = None,
     limit: Limit = 10_000,
     max_points: MaxPoints = None,
-) -> SeriesPublic:
+) -> Response:
     """One statistic of one tensor over steps, paged or downsampled."""
-    return store.get_series(
-        session,
-        run_id,
-        tensor=tensor,
-        kind=kind,
-        stat=stat,
-        rank=rank,
-        start=start,
-        end=end,
-        after_step=after_step,
-        limit=limit,
-        max_points=max_points,
-    )
+    series = store.get_series(
+        session, run_id, tensor=tensor, kind=kind, stat=stat, rank=rank, start=start, end=end,
+        after_step=after_step, limit=limit, max_points=max_points,
+    )  # fmt: skip
+    return _json(series)
 
 
 @router.get("/runs/{run_id}/histograms", response_model=HistogramsPublic)
@@ -125,19 +125,13 @@ def get_scalar_series(
     after_step: Step = None,
     limit: Limit = 10_000,
     max_points: MaxPoints = None,
-) -> ScalarSeriesPublic:
+) -> Response:
     """One logged scalar over steps, paged or downsampled."""
-    return store.get_scalar_series(
-        session,
-        run_id,
-        name=name,
-        rank=rank,
-        start=start,
-        end=end,
-        after_step=after_step,
-        limit=limit,
-        max_points=max_points,
-    )
+    series = store.get_scalar_series(
+        session, run_id, name=name, rank=rank, start=start, end=end, after_step=after_step,
+        limit=limit, max_points=max_points,
+    )  # fmt: skip
+    return _json(series)
 
 
 _RUN_IDS = Query(

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import create_model
 
 from layerwatch_server import store
+from layerwatch_server.api.answer_cache import AnswerCache, CachedAnswer
 from layerwatch_server.api.openapi import error_responses
 from layerwatch_server.api.params import RunId
 from layerwatch_server.db import managed_session
@@ -67,7 +68,9 @@ async def _answer(
     fmt = "png" if image is not None else "json"
     key = params.model_dump(mode="json") | ({} if image is None else image.model_dump())
 
-    def compute() -> tuple[str, str, ViewData | None]:
+    answers: AnswerCache = request.app.state.answer_cache
+
+    def compute() -> tuple[str, str, ViewData | CachedAnswer | None]:
         with managed_session(sessions) as session:
             status, version = store.data_version(session, run_id)
             # Overlaid runs are part of the picture: their new data changes it too.
@@ -77,6 +80,9 @@ async def _answer(
             etag = _etag(view.name, fmt, key, (status, version, *others))
             if _matches(request, etag):
                 return etag, status, None
+            cached = answers.get(etag)  # another user's reload, say
+            if cached is not None:
+                return etag, status, cached
             return etag, status, view.compute(session, run_id, params)
 
     etag, status, data = await anyio.to_thread.run_sync(compute)
@@ -84,12 +90,18 @@ async def _answer(
     headers = {"ETag": etag, "Cache-Control": cache}
     if data is None:
         return Response(status_code=304, headers=headers)
-    headers[DOWNSAMPLED] = "true" if data.downsampled else "false"
-    if image is None:
-        return Response(data.model_dump_json(), media_type="application/json", headers=headers)
-    limiter: anyio.CapacityLimiter = request.app.state.render_limiter
-    png = await anyio.to_thread.run_sync(render_png, view, data, image, limiter=limiter)
-    return Response(png, media_type="image/png", headers=headers)
+    if isinstance(data, CachedAnswer):
+        answer = data
+    elif image is None:
+        answer = CachedAnswer(data.model_dump_json().encode(), "application/json",
+                              data.downsampled)  # fmt: skip
+    else:
+        limiter: anyio.CapacityLimiter = request.app.state.render_limiter
+        png = await anyio.to_thread.run_sync(render_png, view, data, image, limiter=limiter)
+        answer = CachedAnswer(png, "image/png", data.downsampled)
+    answers.put(etag, answer)
+    headers[DOWNSAMPLED] = "true" if answer.downsampled else "false"
+    return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 
 def _add_routes(view: View[Any, Any]) -> None:
