@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from layerwatch_server.models import SqlStat, SqlUnitMean
+from layerwatch_server.models import SqlUnitMean
 from layerwatch_server.store import measurements
-from layerwatch_server.store.scalars import get_scalar_series, require_scalars
+from layerwatch_server.store.scalars import read_scalar, require_scalars
 from layerwatch_server.store.sentinel import nonfinite_events
 
 Floats = npt.NDArray[np.float64]
@@ -103,8 +103,7 @@ def load_run_data(session: Session, run_id: str) -> RunData:
     tensors = [TensorInfo(name, kind, i, module_type, row)
                for row, (name, kind, i, module_type) in enumerate(rows)]  # fmt: skip
     ids = [t.id for t in tensors]
-    captured = measurements.list_steps(session, SqlStat, ids)
-    steps = measurements.thin_evenly(captured, MAX_STEPS)
+    steps = measurements.thinned_steps(session, ids, max_steps=MAX_STEPS)
     first_bad = measurements.first_nonfinite_step(session, ids)
     if first_bad is not None and first_bad not in steps:
         steps = sorted({*steps, first_bad})
@@ -126,13 +125,12 @@ def load_run_data(session: Session, run_id: str) -> RunData:
     scalars: dict[str, tuple[npt.NDArray[np.int64], Floats]] = {}
     for name in require_scalars(session, run_id):
         if is_loss(name):
-            series = get_scalar_series(session, run_id, name=name, limit=None)
-            values = np.asarray(series.values, dtype=np.float64)
+            logged, values = read_scalar(session, run_id, name)
             keep = measurements.thin_evenly(list(range(len(values))), MAX_SCALAR_POINTS)
             bad = np.flatnonzero(~np.isfinite(values))
             if bad.size:  # the exact first non-finite value survives the thinning
                 keep = sorted({*keep, int(bad[0])})
-            scalars[name] = (np.asarray(series.steps, dtype=np.int64)[keep], values[keep])
+            scalars[name] = (logged[keep], values[keep])
 
     return RunData(
         run_id=run_id,

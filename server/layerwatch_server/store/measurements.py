@@ -21,12 +21,15 @@ from layerwatch_server.models import (
     WEIGHT_CHANGE_METRICS,
     SqlHistogram,
     SqlStat,
+    SqlStatRollup,
     SqlTensor,
     SqlUnitMean,
     SqlWeightChange,
+    rollup_column,
 )
 from layerwatch_server.store import codec
-from layerwatch_server.store.paging import check_step_range
+from layerwatch_server.store.paging import check_step_range, fetch_tuples
+from layerwatch_server.store.rollups import ROWS_PER_BUCKET
 from layerwatch_server.store.runs import require_run
 
 Floats = npt.NDArray[np.float64]
@@ -83,9 +86,15 @@ def list_tensor_rows(session: Session, run_id: str) -> list[tuple[str, str, int,
 def first_nonfinite_step(
     session: Session, tensor_ids: Sequence[int], *, rank: int = 0
 ) -> int | None:
-    """The first step at which any of ``tensor_ids`` has a NaN or infinite element."""
+    """The first step at which any of ``tensor_ids`` has a NaN or infinite element.
+
+    Tensors with rollups are looked up there first (the first bucket whose count of
+    non-finite elements is positive), then in that bucket's rows only.
+    """
+    widths = _rollup_widths(session, tensor_ids)
+    plain = [i for i in tensor_ids if i not in widths]
     first: list[int] = []
-    for ids in _chunks(tensor_ids):
+    for ids in _chunks(plain):
         step = session.scalar(
             select(func.min(SqlStat.step)).where(
                 SqlStat.tensor_id.in_(ids), SqlStat.rank == rank, SqlStat.nonfinite > 0
@@ -93,7 +102,64 @@ def first_nonfinite_step(
         )
         if step is not None:
             first.append(step)
+    rollup = SqlStatRollup.__table__.c
+    for ids in _chunks(list(widths)):
+        flagged = session.execute(
+            select(rollup.tensor_id, func.min(rollup.bucket))
+            .where(rollup.tensor_id.in_(ids), rollup.rank == rank, rollup.level == 1,
+                   rollup[rollup_column("nonfinite", "hi")] > 0)
+            .group_by(rollup.tensor_id)
+        ).all()  # fmt: skip
+        for tensor_id, bucket in flagged:
+            width = widths[tensor_id]
+            step = session.scalar(
+                select(func.min(SqlStat.step)).where(
+                    SqlStat.tensor_id == tensor_id, SqlStat.rank == rank, SqlStat.nonfinite > 0,
+                    SqlStat.step >= bucket * width, SqlStat.step < (bucket + 1) * width,
+                )
+            )  # fmt: skip
+            if step is not None:
+                first.append(step)
     return min(first, default=None)
+
+
+def thinned_steps(
+    session: Session, tensor_ids: Sequence[int], *, max_steps: int, rank: int = 0
+) -> list[int]:
+    """About ``max_steps`` of the steps at which any of ``tensor_ids`` has statistics,
+    evenly spread, the first and last kept: every step of a short tensor, and of a
+    long one the bounds of its rollup buckets (so no long series is read whole)."""
+    widths = _rollup_widths(session, tensor_ids)
+    rollup = SqlStatRollup.__table__.c
+    counted = (
+        select(rollup.tensor_id, func.sum(rollup.rows))
+        .where(rollup.tensor_id.in_(list(widths)), rollup.rank == rank, rollup.level == 2)
+        .group_by(rollup.tensor_id)
+    )
+    rows = {tensor_id: count for tensor_id, count in session.execute(counted)} if widths else {}
+    # long enough that the bounds of its level-1 buckets are max_steps steps or more
+    long = [i for i in widths if rows.get(i, 0) >= ROWS_PER_BUCKET * max_steps // 2]
+    short = [i for i in tensor_ids if i not in set(long)]
+    steps = set(list_steps(session, SqlStat, short, rank=rank)) if short else set()
+    for ids in _chunks(long):
+        bounds = session.execute(
+            select(rollup.first_step, rollup.last_step).where(
+                rollup.tensor_id.in_(ids), rollup.rank == rank, rollup.level == 1
+            )
+        )
+        for first, last in bounds:
+            steps.update((first, last))
+    return thin_evenly(sorted(steps), max_steps)
+
+
+def _rollup_widths(session: Session, tensor_ids: Sequence[int]) -> dict[int, int]:
+    widths: dict[int, int] = {}
+    for ids in _chunks(tensor_ids):
+        query = select(SqlTensor.id, SqlTensor.rollup_width).where(
+            SqlTensor.id.in_(ids), SqlTensor.rollup_width.is_not(None)
+        )
+        widths.update({i: width for i, width in session.execute(query) if width is not None})
+    return widths
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -180,13 +246,18 @@ def _table_of(
             query = select(*selected).where(
                 table.tensor_id.in_(ids), table.rank == rank, table.step.in_(chunk)
             )
-            for tensor_id, step, *values in session.execute(query):
-                out["present"][row_of[tensor_id], col_of[step]] = 1.0
-                for column, value in zip(columns, values, strict=True):
-                    # None is SQLite's NaN
-                    out[column][row_of[tensor_id], col_of[step]] = (
-                        np.nan if value is None else value
-                    )
+            rows = fetch_tuples(session, query)
+            if not rows:
+                continue
+            at = (
+                np.array([row_of[row[0]] for row in rows]),
+                np.array([col_of[row[1]] for row in rows]),
+            )
+            out["present"][at] = 1.0
+            # (rows, columns); None is SQLite's NaN
+            values = np.array([row[2:] for row in rows], dtype=np.float64)
+            for i, column in enumerate(columns):
+                out[column][at] = values[:, i]
     return out
 
 

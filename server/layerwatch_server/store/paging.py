@@ -61,7 +61,9 @@ def fetch_tuples(session: Session, query: Select) -> list[tuple[Any, ...]]:  # t
     Columns come as the driver gives them: SQLite's NULL for NaN stays None.
     """
     connection = session.connection()
-    compiled = query.compile(dialect=connection.dialect)
+    compiled = query.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
     params: Any = compiled.params
     if compiled.positional:
         params = [params[name] for name in compiled.positiontup or ()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -11,7 +13,7 @@ from layerwatch_server.errors import ScalarNotFound
 from layerwatch_server.models import SqlScalar
 from layerwatch_server.schemas import ScalarNamesPublic, ScalarSeriesPublic
 from layerwatch_server.store import codec
-from layerwatch_server.store.paging import read_series
+from layerwatch_server.store.paging import fetch_tuples, read_series
 from layerwatch_server.store.runs import require_run
 
 
@@ -69,3 +71,17 @@ def get_scalar_series(
         downsampled=page.downsampled,
         next_after_step=page.next_after_step,
     )
+
+
+def read_scalar(
+    session: Session, run_id: str, name: str, *, rank: int = 0
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Every (step, value) of one scalar as arrays, NaN for NaN: for the diagnosis."""
+    query = (
+        select(SqlScalar.step, SqlScalar.value)
+        .where(SqlScalar.run_id == run_id, SqlScalar.name == name, SqlScalar.rank == rank)
+        .order_by(SqlScalar.step)
+    )
+    rows = fetch_tuples(session, query)
+    steps = np.array([row[0] for row in rows], dtype=np.int64)
+    return steps, codec.floats([row[1] for row in rows])
