@@ -36,8 +36,10 @@ def test_histogram_counts(scale: float) -> None:
     [histograms] = _batch(x, units=None).histograms
     [counts] = histograms.counts
     assert isinstance(counts, bytes)
-    stored = server.pack_counts(counts)  # as ingest stores them
-    np.testing.assert_array_equal(server.unpack_counts(stored, 16), client.unpack_counts(counts))
+    [stored], _, _ = server.pack_histograms([counts], [-1.0], [1.0])  # as ingest stores them
+    np.testing.assert_array_equal(
+        server.unpack_histogram_counts([stored], [16])[0], client.unpack_counts(counts)
+    )
     assert int(client.unpack_counts(counts).sum()) == x.numel()
 
 

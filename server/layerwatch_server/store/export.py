@@ -285,7 +285,7 @@ def _npz_arrays(session: Session, plan: ExportPlan) -> Arrays:
         arrays[f"unit_means/{source.label[0]}/means"] = _padded(means, np.nan)
     for source, rows in _collect(session, plan, "histograms"):
         prefix = f"histograms/{source.label[1]}/{source.label[0]}"
-        unpacked = [codec.unpack_histogram(row) for row in rows]
+        unpacked = codec.unpack_histograms(rows)
         arrays[f"{prefix}/steps"] = _steps([row.step for row in rows])
         arrays[f"{prefix}/edges"] = _padded([h.edges for h in unpacked], np.nan)
         arrays[f"{prefix}/counts"] = _padded([h.counts for h in unpacked], 0, np.int64)

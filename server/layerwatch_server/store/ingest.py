@@ -211,10 +211,10 @@ def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -
         n = len(block.steps)
         tensor_id = tensor_ids[(block.name, block.kind)]
         bins = map(wire.bin_count, block.counts)
-        counts = map(codec.pack_counts, block.counts)
+        counts, lo, hi = codec.pack_histograms(
+            block.counts, block.lo or [None] * n, block.hi or [None] * n
+        )
         edges: Iterable[bytes | None] = repeat(None, n)
-        lo: Iterable[float | None] = block.lo or repeat(None, n)
-        hi: Iterable[float | None] = block.hi or repeat(None, n)
         sampled: Iterable[int | None] = block.sample_size or repeat(None, n)
         if block.edges is not None:
             edges = map(codec.pack_edges, block.edges)

@@ -204,9 +204,11 @@ def first_steps(
     return first
 
 
-def _step_histogram(row: SqlHistogram) -> StepHistogram:
-    histogram = codec.unpack_histogram(row)
-    return StepHistogram(row.step, histogram.edges, histogram.counts, row.sample_size)
+def _step_histograms(rows: Sequence[SqlHistogram]) -> list[StepHistogram]:
+    return [
+        StepHistogram(row.step, histogram.edges, histogram.counts, row.sample_size)
+        for row, histogram in zip(rows, codec.unpack_histograms(rows), strict=True)
+    ]
 
 
 def get_histograms_at(
@@ -220,7 +222,7 @@ def get_histograms_at(
             SqlHistogram.rank == rank,
             SqlHistogram.step.in_(chunk),
         )
-        found.extend(_step_histogram(row) for row in session.scalars(query))
+        found.extend(_step_histograms(list(session.scalars(query))))
     return sorted(found, key=lambda h: h.step)
 
 

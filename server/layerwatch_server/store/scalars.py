@@ -59,14 +59,16 @@ def get_scalar_series(
                        after_step=after_step, limit=limit, max_points=max_points)  # fmt: skip
     if not page.rows and after_step is None:
         require_scalars(session, run_id, [name])  # say why there is nothing
-    steps, values, times = zip(*page.rows, strict=True) if page.rows else ((), (), ())
+    steps = [row[0] for row in page.rows]
+    values = [row[1] for row in page.rows]
+    times = [row[2] for row in page.rows]
     # Built without validation: these are the database's own numbers, 10,000 a page
     return ScalarSeriesPublic.model_construct(
         name=name,
         rank=rank,
-        steps=list(steps),
+        steps=steps,
         values=codec.float_list(values),
-        times=list(times),
+        times=times,
         total=page.total,
         downsampled=page.downsampled,
         next_after_step=page.next_after_step,

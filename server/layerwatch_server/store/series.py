@@ -52,14 +52,15 @@ def get_series(
     )
     page = read_series(session, query, SqlStat.step, start=start, end=end, after_step=after_step,
                        limit=limit, max_points=max_points)  # fmt: skip
-    steps, values = zip(*page.rows, strict=True) if page.rows else ((), ())
+    steps = [row[0] for row in page.rows]
+    values = [row[1] for row in page.rows]
     # Built without validation: these are the database's own numbers, 10,000 a page
     return SeriesPublic.model_construct(
         tensor=tensor,
         kind=kind,
         stat=stat,
         rank=rank,
-        steps=list(steps),
+        steps=steps,
         values=codec.float_list(values),
         total=page.total,
         downsampled=page.downsampled,
@@ -92,8 +93,7 @@ def get_histograms(
     )
     rows, next_after = cut_page(list(session.scalars(query)), limit, lambda row: row.step)
     data = []
-    for row in rows:
-        histogram = codec.unpack_histogram(row)
+    for row, histogram in zip(rows, codec.unpack_histograms(rows), strict=True):
         data.append(
             HistogramPublic(
                 step=row.step,

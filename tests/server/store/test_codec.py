@@ -76,25 +76,74 @@ def test_edges_round_trip(edges: list[float]) -> None:
     assert same(codec.unpack_edges(codec.pack_edges(edges)), edges)
 
 
+def packed_row(counts: list[int], *, lo: float | None = None, hi: float | None = None,
+               **fields: object) -> SqlHistogram:  # fmt: skip
+    """A histogram row as ingest stores it."""
+    [blob], [kept_lo], [kept_hi] = codec.pack_histograms([counts], [lo], [hi])
+    return stored_histogram(blob, len(counts), lo=kept_lo, hi=kept_hi, **fields)
+
+
 def test_a_histogram_with_explicit_edges() -> None:
-    row = stored_histogram(codec.pack_counts([1, 2**40]), 2, edges=codec.pack_edges([-1, 0.5, 9]))
+    row = packed_row([1, 2**40], edges=codec.pack_edges([-1, 0.5, 9]))
     histogram = codec.unpack_histogram(row)
     assert histogram.counts.tolist() == [1, 2**40]
     assert histogram.edges.tolist() == [-1.0, 0.5, 9.0]
 
 
 def test_a_histogram_of_equal_bins_over_lo_hi() -> None:
-    row = stored_histogram(codec.pack_counts([3, 0, 1, 4]), 4, lo=-1.0, hi=1.0)
+    row = packed_row([3, 0, 1, 4], lo=-1.0, hi=1.0)
+    assert (row.lo, row.hi) == (None, None)  # float32 bounds travel in the packed bytes
     histogram = codec.unpack_histogram(row)
     assert histogram.edges.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert histogram.counts.tolist() == [3, 0, 1, 4]
     assert histogram.edges.dtype == np.float64
 
 
+def test_bounds_float32_cannot_hold_stay_in_their_columns() -> None:
+    row = packed_row([3, 0, 1], lo=0.1, hi=1 / 3)
+    assert (row.lo, row.hi) == (0.1, 1 / 3)
+    histogram = codec.unpack_histogram(row)
+    assert (histogram.edges[0], histogram.edges[-1]) == (0.1, 1 / 3)
+
+
 def test_a_histogram_without_a_range_has_nan_edges() -> None:
-    histogram = codec.unpack_histogram(stored_histogram(codec.pack_counts([1]), 1))
+    histogram = codec.unpack_histogram(packed_row([1]))
     assert np.isnan(histogram.edges).all()
     assert histogram.edges.shape == (2,)
+
+
+def test_a_smooth_sampled_histogram_packs_small() -> None:
+    rng = np.random.default_rng(0)
+    counts = np.histogram(rng.standard_normal(65_536), bins=64)[0].tolist()
+    [blob], _, _ = codec.pack_histograms([counts], [-4.0], [4.0])
+    assert len(blob) < 96  # uint32 counts alone take 256
+    assert codec.unpack_histogram_counts([blob], [64])[0].tolist() == counts
+
+
+bounds = st.none() | st.floats(allow_nan=True, allow_infinity=True)
+
+
+@given(st.lists(st.tuples(st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=70) |
+                          st.lists(st.integers(0, 9), min_size=1, max_size=70),
+                          bounds, bounds), min_size=1, max_size=12))  # fmt: skip
+def test_packed_histograms_round_trip(histograms: list[tuple[list[int], float | None,
+                                                               float | None]]) -> None:  # fmt: skip
+    counts = [h[0] for h in histograms]
+    lo, hi = [h[1] for h in histograms], [h[2] for h in histograms]
+    blobs, kept_lo, kept_hi = codec.pack_histograms(counts, lo, hi)
+    decoded = codec.unpack_histogram_counts(blobs, [len(c) for c in counts])
+    assert [d.tolist() for d in decoded] == counts
+    for blob, a, b, want_lo, want_hi in zip(blobs, kept_lo, kept_hi, lo, hi, strict=True):
+        got = codec.unpack_bounds(blob, a, b)
+        want = (math.nan if want_lo is None else want_lo, math.nan if want_hi is None else want_hi)
+        assert same(np.array(got), want)
+
+
+def test_packed_uint32_counts_as_the_client_sends_them() -> None:
+    counts = [0, 7, 2**32 - 1, 12, 0]
+    packed = struct.pack("<5I", *counts)
+    [blob], _, _ = codec.pack_histograms([packed], [-1.0], [1.0])
+    assert codec.unpack_histogram_counts([blob], [5])[0].tolist() == counts
 
 
 # -- float32, float16, int32, float64 ---------------------------------------------------
