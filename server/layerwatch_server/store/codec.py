@@ -87,6 +87,8 @@ def pack_histograms(
         same = (bounds.astype(np.float32).astype(np.float64) == bounds) | np.isnan(bounds)
     given = np.array([v is not None for v in (*lo, *hi)], dtype=bool)
     inside = (same & given).reshape(2, n).all(axis=0).tolist()  # both bounds fit float32
+    with np.errstate(over="ignore"):  # those beyond float32 stay outside anyway
+        pairs = bounds.astype("<f4").reshape(2, n).T.copy()  # (n, 2): the bounds inside
     packed: list[bytes] = [b""] * n
     by_bins: dict[int, list[int]] = {}
     for i, values in enumerate(counts):
@@ -104,23 +106,19 @@ def pack_histograms(
                     matrix[j] = np.frombuffer(values, dtype="<u4")
                 else:
                     matrix[j] = np.array(values, dtype=np.uint64).astype(np.int64)
-        for j, blob in zip(rows, _pack_counts(matrix), strict=True):
+        chosen_inside = np.array([inside[i] for i in rows], dtype=bool)
+        blobs = _pack_counts(matrix, pairs[rows], chosen_inside)
+        for j, blob in zip(rows, blobs, strict=True):
             packed[j] = blob
-    out: list[bytes] = []
-    for i in range(n):
-        body = packed[i]
-        if inside[i]:
-            head = bytes([body[0] | BOUNDS]) + struct.pack("<2f", lo[i], hi[i])
-            out.append(head + body[1:])
-        else:
-            out.append(body)
     kept_lo = [None if inside[i] else lo[i] for i in range(n)]
     kept_hi = [None if inside[i] else hi[i] for i in range(n)]
-    return out, kept_lo, kept_hi
+    return packed, kept_lo, kept_hi
 
 
-def _pack_counts(matrix: Ints) -> list[bytes]:
-    """(histograms, bins) counts as flags byte and groups (see above), one blob each."""
+def _pack_counts(matrix: Ints, bounds: npt.NDArray[np.float32], inside: npt.NDArray[np.bool_]
+                 ) -> list[bytes]:  # fmt: skip
+    """(histograms, bins) counts, with (histograms, 2) float32 bounds where ``inside``, as
+    the flags byte, the bounds and the groups (see above): one blob each."""
     n, bins = matrix.shape
     wide = (matrix >= _DELTA_LIMIT).any(axis=1) | (matrix < 0).any(axis=1)
     groups = -(-bins // _GROUP)
@@ -131,29 +129,37 @@ def _pack_counts(matrix: Ints) -> list[bytes]:
     padded[:, :bins] = zigzag
     grouped = padded.reshape(n, groups, _GROUP)
     top = grouped.max(axis=2)  # (n, groups)
-    widths = np.zeros((n, groups), dtype=np.int64)
-    for bit in range(64):
-        widths += (top >> np.uint64(bit)) > 0
+    # bit lengths from the float exponent: exact below 2**53, at worst one bit more above
+    widths = np.where(top > 0, np.frexp(top.astype(np.float64))[1], 0).astype(np.int64)
+    head = 1 + 8 * inside.astype(np.int64)  # (n,): the flags byte, and the bounds
     sizes = 1 + widths  # (n, groups): the width byte and its values
-    offsets = 1 + np.cumsum(sizes, axis=1) - sizes  # after the flags byte
-    totals = 1 + sizes.sum(axis=1)
+    offsets = head[:, None] + np.cumsum(sizes, axis=1) - sizes
+    totals = head + sizes.sum(axis=1)
     starts = np.cumsum(totals) - totals
     buffer = np.zeros(int(totals.sum()), dtype=np.uint8)
+    buffer[starts] = np.where(inside, BOUNDS, 0)
+    if inside.any():
+        chosen = starts[inside]
+        buffer[chosen[:, None] + 1 + np.arange(8)] = bounds[inside].view(np.uint8).reshape(-1, 8)
     at = starts[:, None] + offsets  # (n, groups): where each group's width byte is
     buffer[at] = widths
     for width in np.unique(widths).tolist():
         if width == 0:
             continue
         rows, cols = np.nonzero(widths == width)
-        values = grouped[rows, cols]  # (k, GROUP)
-        shifts = np.arange(width, dtype=np.uint64)
-        bits = ((values[:, :, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-        payload = np.packbits(bits.reshape(len(rows), -1), axis=1, bitorder="little")
+        values = grouped[rows, cols].astype("<u8")  # (k, GROUP)
+        # each value's bits, least significant first: (k, GROUP, 64), keep the low `width`
+        bits = np.unpackbits(values.view(np.uint8).reshape(len(rows), _GROUP, 8), axis=2,
+                             bitorder="little")  # fmt: skip
+        payload = np.packbits(bits[:, :, :width].reshape(len(rows), -1), axis=1,
+                              bitorder="little")  # fmt: skip
         buffer[at[rows, cols][:, None] + 1 + np.arange(width)] = payload  # (k, width)
     blobs = [buffer[a : a + t].tobytes() for a, t in zip(starts.tolist(), totals.tolist(),
                                                           strict=True)]  # fmt: skip
     for i in np.flatnonzero(wide).tolist():
-        blobs[i] = bytes([WIDE]) + matrix[i].astype("<u8").tobytes()
+        flags = WIDE | (BOUNDS if inside[i] else 0)
+        kept = bounds[i].tobytes() if inside[i] else b""
+        blobs[i] = bytes([flags]) + kept + matrix[i].astype("<u8").tobytes()
     return blobs
 
 
@@ -190,8 +196,10 @@ def _unpack_grouped(blobs: Sequence[bytes], bins: int) -> list[Ints]:
             rows = np.flatnonzero(widths == width)
             payload = buffer[position[rows, None] + 1 + np.arange(width)]  # (k, width)
             bits = np.unpackbits(payload, axis=1, bitorder="little")  # (k, width * 8)
-            bits = bits.reshape(len(rows), _GROUP, width).astype(np.uint64)
-            values[rows, group] = (bits << np.arange(width, dtype=np.uint64)).sum(axis=2)
+            full = np.zeros((len(rows), _GROUP, 64), dtype=np.uint8)
+            full[:, :, :width] = bits.reshape(len(rows), _GROUP, width)
+            packed = np.packbits(full, axis=2, bitorder="little")  # (k, GROUP, 8) bytes
+            values[rows, group] = packed.view("<u8")[:, :, 0]
         position = position + 1 + widths
     zigzag = values.reshape(len(blobs), -1)[:, :bins]
     delta = (zigzag >> np.uint64(1)).astype(np.int64) ^ -(zigzag & np.uint64(1)).astype(np.int64)

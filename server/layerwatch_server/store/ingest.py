@@ -206,24 +206,32 @@ def _stat_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> lis
 
 
 def _histogram_rows(batch: wire.Batch, tensor_ids: dict[tuple[str, str], int]) -> list[Record]:
+    # Packed for the whole batch at once: packing costs a few array passes per call
+    counts = [c for block in batch.histograms for c in block.counts]
+    lo: list[float | None] = []
+    hi: list[float | None] = []
+    for block in batch.histograms:
+        lo.extend(block.lo or repeat(None, len(block.steps)))
+        hi.extend(block.hi or repeat(None, len(block.steps)))
+    packed, kept_lo, kept_hi = codec.pack_histograms(counts, lo, hi)
     rows: list[Record] = []
+    at = 0
     for block in batch.histograms:
         n = len(block.steps)
         tensor_id = tensor_ids[(block.name, block.kind)]
         bins = map(wire.bin_count, block.counts)
-        counts, lo, hi = codec.pack_histograms(
-            block.counts, block.lo or [None] * n, block.hi or [None] * n
-        )
         edges: Iterable[bytes | None] = repeat(None, n)
         sampled: Iterable[int | None] = block.sample_size or repeat(None, n)
         if block.edges is not None:
             edges = map(codec.pack_edges, block.edges)
         rows.extend(
             zip(
-                repeat(tensor_id, n), block.steps, repeat(batch.rank, n), bins, lo, hi, edges,
-                counts, sampled, strict=False,
+                repeat(tensor_id, n), block.steps, repeat(batch.rank, n), bins,
+                kept_lo[at : at + n], kept_hi[at : at + n], edges, packed[at : at + n], sampled,
+                strict=False,
             )
         )  # fmt: skip
+        at += n
     return rows
 
 
