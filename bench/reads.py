@@ -15,6 +15,7 @@ values, as the client sends them). Then, over real HTTP with one keep-alive
 - ``series.png`` of the 100k-step tensor: first render, again with
   ``If-None-Match`` (304) and again without (another user: the server's cache);
 - ``distributions.png`` over the 10,000 histograms (first render, then cached);
+- ``/findings`` just after a new value arrived (so computed anew), and again;
 - bytes on disk per statistics row and per histogram (SQLite: file growth after
   a WAL checkpoint, rollups and indexes included; PostgreSQL:
   ``pg_total_relation_size`` of the tables).
@@ -222,6 +223,25 @@ def measure_backend(url: str, directory: Path, args: argparse.Namespace) -> dict
         figures["png_cached"] = _median_ms(
             lambda: client.get(png, params={"tensor": middle}), args.repeats
         )
+        findings = f"/api/v1/runs/{run}/findings"
+        fresh_steps = iter(range(10**7, 10**8))
+
+        def diagnose_new_data() -> object:
+            # A new loss value changes the run's data version: the findings are computed anew
+            step = next(fresh_steps)
+            _post(client, run, httpx.Request("POST", "/", json={
+                "schema_version": 1, "batch_id": uuid.uuid4().hex, "rank": 0,
+                "scalars": [{"name": "loss", "steps": [step], "values": [1.0]}],
+            }).content)  # fmt: skip
+            started = time.perf_counter()
+            client.get(findings).raise_for_status()
+            return time.perf_counter() - started
+
+        diagnose_new_data()
+        figures["findings_first"] = 1000 * statistics.median(
+            [float(diagnose_new_data()) for _ in range(args.repeats)]  # type: ignore[arg-type]
+        )
+        figures["findings_cached"] = _median_ms(lambda: client.get(findings), args.repeats)
         dist = f"/api/v1/runs/{run}/plots/distributions.png"
         figures["dist_first"] = _median_ms(first_render(dist, {"tensor": "h"}), args.repeats)
         figures["dist_cached"] = _median_ms(
@@ -250,6 +270,8 @@ def report(results: dict[str, dict[str, Any]], sizes: Sequence[int]) -> str:
         ("series.png again, no If-None-Match", "png_cached", "ms"),
         ("distributions.png of 10,000 histograms, first render", "dist_first", "ms"),
         ("distributions.png again, no If-None-Match", "dist_cached", "ms"),
+        ("findings after new data (every tensor, 1M steps the longest)", "findings_first", "ms"),
+        ("findings again (cached by data version)", "findings_cached", "ms"),
         ("disk per statistics row (rollups included)", "stat_bytes", "B"),
         ("disk per 64-bin histogram", "histogram_bytes", "B"),
     ):

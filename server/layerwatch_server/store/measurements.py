@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, Select, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from layerwatch_server.models import (
@@ -243,24 +244,46 @@ def _table_of(
     col_of = {step: j for j, step in enumerate(steps)}
     out = {c: np.full((len(tensor_ids), len(steps)), np.nan) for c in (*columns, "present")}
     selected = [table.tensor_id, table.step, *(getattr(table, c) for c in columns)]
+    for query in _at_steps(session, select(*selected), table, tensor_ids, steps, rank):
+        rows = fetch_tuples(session, query)
+        if not rows:
+            continue
+        at = (
+            np.array([row_of[row[0]] for row in rows]),
+            np.array([col_of[row[1]] for row in rows]),
+        )
+        out["present"][at] = 1.0
+        # (rows, columns); None is SQLite's NaN
+        values = np.array([row[2:] for row in rows], dtype=np.float64)
+        for i, column in enumerate(columns):
+            out[column][at] = values[:, i]
+    return out
+
+
+def _at_steps(
+    session: Session,
+    query: Select,  # type: ignore[type-arg]
+    table: MeasurementTable,
+    tensor_ids: Sequence[int],
+    steps: Sequence[int],
+    rank: int,
+) -> Iterator[Select]:  # type: ignore[type-arg]
+    """``query`` restricted to ``tensor_ids`` at ``steps``, as the queries to run.
+
+    PostgreSQL gets one query per tensor with the steps as one array (``= ANY``): its
+    planner then walks the primary key per step; given every tensor at once it may scan
+    all their rows instead. SQLite gets IN lists of a bounded number of parameters.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        wanted = bindparam("steps", list(steps), type_=ARRAY(BigInteger))
+        for tensor_id in tensor_ids:
+            yield query.where(
+                table.tensor_id == tensor_id, table.rank == rank, table.step == any_(wanted)
+            )
+        return
     for ids in _chunks(tensor_ids):
         for chunk in _chunks(steps):
-            query = select(*selected).where(
-                table.tensor_id.in_(ids), table.rank == rank, table.step.in_(chunk)
-            )
-            rows = fetch_tuples(session, query)
-            if not rows:
-                continue
-            at = (
-                np.array([row_of[row[0]] for row in rows]),
-                np.array([col_of[row[1]] for row in rows]),
-            )
-            out["present"][at] = 1.0
-            # (rows, columns); None is SQLite's NaN
-            values = np.array([row[2:] for row in rows], dtype=np.float64)
-            for i, column in enumerate(columns):
-                out[column][at] = values[:, i]
-    return out
+            yield query.where(table.tensor_id.in_(ids), table.rank == rank, table.step.in_(chunk))
 
 
 def get_stat_table(
