@@ -149,11 +149,13 @@ class Sentinel:
         if tensor.device.type not in HOST_DEVICES:
             self._check(slot, tensor)
             return
-        self._host_state().outputs = True
+        host = self._host or self._host_state()
+        host.outputs = True
         if not self._marks:  # called outside the model's forward pass: sum it now
             self._check(slot, tensor)
             return
-        self._pending.append((slot, tensor.detach()))  # summed if the model's output is not
+        # Summed (detached then) only if the model's output is not finite
+        self._pending.append((slot, tensor))
         if len(self._pending) > self._max_pending:  # a pass calling modules many times
             self._check_pending(0)
 
