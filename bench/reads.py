@@ -58,7 +58,7 @@ BINS = 64
 SAMPLE = 65_536
 
 
-def _stats_body(run: str, name: str, steps: np.ndarray, rng: np.random.Generator) -> bytes:
+def _stats_body(name: str, steps: np.ndarray, rng: np.random.Generator) -> bytes:
     n = len(steps)
     walk = np.cumsum(rng.standard_normal(n)) * 0.01
     block = {"name": name, "kind": "activation", "steps": steps.tolist()}
@@ -71,7 +71,7 @@ def _stats_body(run: str, name: str, steps: np.ndarray, rng: np.random.Generator
     }).content  # fmt: skip
 
 
-def _histograms_body(run: str, steps: np.ndarray, rng: np.random.Generator) -> bytes:
+def _histograms_body(steps: np.ndarray, rng: np.random.Generator) -> bytes:
     counts, lo, hi = [], [], []
     for step in steps.tolist():
         values = rng.standard_normal(SAMPLE) * (1 + step / HISTOGRAMS)
@@ -175,13 +175,13 @@ def measure_backend(url: str, directory: Path, args: argparse.Namespace) -> dict
             name = f"s{size}"
             for start in range(0, size, BATCH_ROWS):
                 steps = np.arange(start, min(start + BATCH_ROWS, size))
-                _post(client, run, _stats_body(run, name, steps, rng))
+                _post(client, run, _stats_body(name, steps, rng))
             rows += size
         figures["stat_bytes"] = (database.size(["stats", "stat_rollups"]) - empty) / rows
         before = database.size(["histograms"])
         for start in range(0, HISTOGRAMS, HISTOGRAM_BATCH):
             steps = np.arange(start, start + HISTOGRAM_BATCH)
-            _post(client, run, _histograms_body(run, steps, rng))
+            _post(client, run, _histograms_body(steps, rng))
         figures["histogram_bytes"] = (database.size(["histograms"]) - before) / HISTOGRAMS
 
         series = f"/api/v1/runs/{run}/series"

@@ -149,8 +149,7 @@ class Sentinel:
         if tensor.device.type not in HOST_DEVICES:
             self._check(slot, tensor)
             return
-        host = self._host or self._host_state()
-        host.outputs = True
+        self._host_state().outputs = True
         if not self._marks:  # called outside the model's forward pass: sum it now
             self._check(slot, tensor)
             return

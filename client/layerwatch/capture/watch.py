@@ -139,7 +139,6 @@ class Watch:
             self._handles = [
                 module.register_forward_hook(self._make_hook(name)) for name, module in modules
             ]
-        if options.activations:
             self._handles += self._nonfinite.attach(model)  # after the modules' hooks
         clock.watches.append(self)
 

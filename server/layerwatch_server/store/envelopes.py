@@ -11,6 +11,7 @@ stored row, with its exact step and value.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,5 +147,5 @@ class _RollupReader:
 
 
 def _concat(parts: list[Units]) -> Units:
-    fields = ("lo", "lo_step", "hi", "hi_step", "nan_step", "rows", "first_step", "last_step")
-    return Units(*(np.concatenate([getattr(part, f) for part in parts]) for f in fields))
+    return Units(*(np.concatenate([getattr(part, f.name) for part in parts])
+                   for f in dataclasses.fields(Units)))  # fmt: skip

@@ -90,8 +90,8 @@ def ingest_batch(
         return _replayed(previous, batch, digest)
 
     tensor_ids = _tensor_ids(session, run_id, batch)
-    stat_rows = _stat_rows(batch, tensor_ids)
-    _insert(session, _STATS, _STAT_COLUMNS, stat_rows, _describe_stat(tensor_ids))
+    _insert(session, _STATS, _STAT_COLUMNS, _stat_rows(batch, tensor_ids),
+            _describe_stat(tensor_ids))  # fmt: skip
     roll_up(session, batch, tensor_ids)
     _insert(
         session,

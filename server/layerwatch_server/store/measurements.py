@@ -140,7 +140,8 @@ def thinned_steps(
     rows = {tensor_id: count for tensor_id, count in session.execute(counted)} if widths else {}
     # long enough that the bounds of its level-1 buckets are max_steps steps or more
     long = [i for i in widths if rows.get(i, 0) >= ROWS_PER_BUCKET * max_steps // 2]
-    short = [i for i in tensor_ids if i not in set(long)]
+    long_ids = set(long)
+    short = [i for i in tensor_ids if i not in long_ids]
     steps = set(list_steps(session, SqlStat, short, rank=rank)) if short else set()
     for ids in _chunks(long):
         bounds = session.execute(

@@ -51,7 +51,7 @@ def level_width(width: int, level: int) -> int:
 
 
 def width_for(steps: Sequence[int]) -> int | None:
-    """The level-1 width for a tensor first seen at ``steps`` (sorted): `ROWS_PER_BUCKET`
+    """The level-1 width for a tensor first seen at ``steps`` (any order): `ROWS_PER_BUCKET`
     times their usual spacing, rounded up to a power of two; None from fewer than two."""
     if len(steps) < 2:
         return None
@@ -226,7 +226,7 @@ def _widths(session: Session, tensor_ids: set[int]) -> dict[int, int]:
         if known.get(tensor_id) is not None:
             continue
         stored = _stored_rows(session, tensor_id)  # this batch's rows included
-        width = width_for(sorted(set(stored[1].tolist()))) if len(stored[1]) else None
+        width = width_for(stored[1].tolist())
         if width is None:
             continue
         session.execute(
