@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from layerwatch import wire
 from layerwatch_server import store
 from layerwatch_server.models import ROLLUP_FIELDS, SqlStatRollup, SqlTensor, rollup_column
-from layerwatch_server.store import envelopes, rollups
+from layerwatch_server.store import envelopes, measurements, rollups
 
 NAN, INF = math.nan, math.inf
 STEPS = 30_000  # above RAW_ROWS: thinned from the rollups
@@ -202,3 +202,22 @@ def test_widths_follow_the_spacing() -> None:
     assert rollups.width_for([0, 1, 2]) == rollups.ROWS_PER_BUCKET
     assert rollups.width_for([0, 10, 20, 30]) == rollups.ROWS_PER_BUCKET * 16
     assert rollups.width_for([0, 1000]) == rollups.ROWS_PER_BUCKET * 1024
+
+
+def test_a_long_tensor_is_sampled_at_its_bucket_bounds_and_its_first_nan_found(
+    session: Session,
+) -> None:
+    values = _values(3000, seed=5)
+    run_id, steps = _store_series(session, values, per_batch=500)
+    nonfinite = [0] * 3000
+    nonfinite[2222:] = [4] * (3000 - 2222)
+    other = make_batch(stats=[stats_block("fc2", steps, nonfinite=nonfinite)])
+    store_batch(session, run_id, other)
+    ids = [i for _, i in measurements.list_tensor_ids(session, run_id, kind="activation")]
+
+    sampled = measurements.thinned_steps(session, ids, max_steps=10)
+    assert len(sampled) <= 10
+    assert sampled[0] == steps[0]
+    assert sampled[-1] == steps[-1]
+    assert set(sampled) <= set(steps)
+    assert measurements.first_nonfinite_step(session, ids) == steps[2222]
